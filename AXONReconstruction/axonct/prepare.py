@@ -1,0 +1,266 @@
+"""`axon prepare`: a folder of CTs -> a training cache of (CT cube, clean DRR views) pairs.
+
+Each case is written to a temporary folder and renamed when complete, so an interrupted run leaves
+no half-written case and a rerun skips what is finished. Realism augmentation is applied at training
+time to the stored clean line integrals, so every epoch sees new noise and processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_dir, remove_partials, write_text
+from .config import DataConfig
+from .errors import AxonInputError
+
+CACHE_FORMAT_VERSION = 1
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+log = logging.getLogger("axonct.prepare")
+
+
+@dataclass
+class CaseSource:
+    case_id: str
+    path: str
+    patient_id: str
+
+
+def _is_volume_file(p: Path) -> bool:
+    name = p.name.lower()
+    return any(name.endswith(s) for s in VOLUME_SUFFIXES)
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
+
+
+def discover_cases(paths: list[str | Path]) -> tuple[list[CaseSource], list[dict]]:
+    """Every CT volume file and every CT DICOM series under the given paths (one case each)."""
+    from .ct_io import find_ct_series
+
+    found: list[tuple[str, str]] = []  # (path, patient_id)
+    problems: list[dict] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            problems.append({"source": str(p), "error": f"{p}: does not exist"})
+            continue
+        if p.is_file():
+            found.append((str(p), _patient_from_name(p)))
+            continue
+        for f in sorted(p.rglob("*")):
+            if f.is_file() and _is_volume_file(f):
+                found.append((str(f), _patient_from_name(f)))
+        try:
+            series = find_ct_series(p)
+        except AxonInputError:
+            series = []
+        seen_folders = set()
+        for s in series:
+            if s.modality != "CT" or str(s.folder) in seen_folders:
+                continue
+            seen_folders.add(str(s.folder))
+            found.append((str(s.folder), s.patient_id or _patient_from_name(Path(s.folder))))
+    if not found and not problems:
+        problems.append({"source": ", ".join(map(str, paths)), "error": "no CT volumes or CT DICOM series found"})
+    cases, used = [], set()
+    for path, patient in found:
+        case_id = _safe_id(patient)
+        if case_id in used:
+            case_id = f"{case_id}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+        used.add(case_id)
+        cases.append(CaseSource(case_id, path, patient))
+    return cases, problems
+
+
+_LIDC = re.compile(r"LIDC-IDRI-\d+", re.IGNORECASE)
+
+
+def _patient_from_name(p: Path) -> str:
+    for part in reversed(p.parts):
+        m = _LIDC.search(part)
+        if m:
+            return m.group(0).upper()
+    name = p.name
+    for s in VOLUME_SUFFIXES:
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def patient_key(text: str) -> str:
+    """Normalise a split-list line or a patient ID (X2CT lists hold e.g. 'LIDC-IDRI-0001.2000...')."""
+    m = _LIDC.search(text)
+    return m.group(0).upper() if m else text.strip()
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    lines = Path(path).read_text().splitlines()
+    return [patient_key(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def make_splits(
+    patient_ids: list[str],
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    train_list: list[str] | None = None,
+    test_list: list[str] | None = None,
+    val_list: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Patient-level split: seeded fractions, or published lists (val carved from train if absent)."""
+    patients = sorted(set(patient_ids))
+    rng = random.Random(seed)
+    if train_list is not None or test_list is not None:
+        train_set, test_set = set(train_list or []), set(test_list or [])
+        val_set = set(val_list or [])
+        train = [p for p in patients if patient_key(p) in train_set and patient_key(p) not in val_set]
+        test = [p for p in patients if patient_key(p) in test_set]
+        val = [p for p in patients if patient_key(p) in val_set]
+        if val_list is None and train:
+            rng.shuffle(train)
+            n_val = int(round(len(train) * val_fraction))
+            val, train = sorted(train[:n_val]), sorted(train[n_val:])
+        listed = set(train) | set(test) | set(val)
+        return {"train": sorted(train), "val": sorted(val), "test": sorted(test),
+                "unassigned": [p for p in patients if p not in listed]}
+    order = patients[:]
+    rng.shuffle(order)
+    n_test = int(round(len(order) * test_fraction))
+    n_val = int(round(len(order) * val_fraction))
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test), "unassigned": []}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _prepare_one(source: dict, case_dir: str, cfg_dict: dict) -> dict:
+    """Runs in a worker: one case, all or nothing."""
+    from .drr_export import make_training_pair
+
+    t0 = time.time()
+    try:
+        cfg = DataConfig.from_dict(cfg_dict)
+        pair = make_training_pair(source["path"], cfg)
+        with atomic_dir(case_dir) as tmp:
+            np.save(tmp / "ct.npy", pair.volume.array.astype(np.float16))
+            np.save(tmp / "drr.npy", pair.drr.astype(np.float32))
+            info = {
+                "case_id": source["case_id"],
+                "patient_id": source["patient_id"],
+                "source": source["path"],
+                "cube_center_lps_mm": list(pair.volume.center_lps),
+                "views": list(cfg.views),
+                "modality": pair.meta.get("modality"),
+                "seconds": round(time.time() - t0, 2),
+            }
+            (tmp / "case.json").write_text(json.dumps(info, indent=2))
+        return {"status": "done", **info}
+    except Exception as exc:  # a bad case must not stop the run
+        message = str(exc) if isinstance(exc, AxonInputError) else f"{type(exc).__name__}: {exc}"
+        return {"status": "failed", "case_id": source["case_id"], "source": source["path"], "error": message,
+                "traceback": None if isinstance(exc, AxonInputError) else traceback.format_exc()}
+
+
+def prepare_cache(
+    inputs: list[str | Path],
+    out: str | Path,
+    cfg: DataConfig,
+    workers: int = 1,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    train_list: str | Path | None = None,
+    test_list: str | Path | None = None,
+    val_list: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out / "cases") if (out / "cases").exists() else None
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config") != cfg.to_dict():
+            raise AxonInputError(out, "this cache was prepared with a different grid/geometry config; "
+                                      "use another --out folder or the same preset")
+    write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    cases, problems = discover_cases(list(inputs))
+    todo, done = [], []
+    for c in cases:
+        case_dir = out / "cases" / c.case_id
+        if (case_dir / "case.json").exists():
+            done.append(json.loads((case_dir / "case.json").read_text()))
+        else:
+            todo.append(c)
+    failed = [dict(p, status="failed") for p in problems]
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="prepare", unit="case")
+    results = []
+    if workers <= 1:
+        _init_worker(threads)
+        for c in todo:
+            results.append(_prepare_one(c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict()))
+            bar.update(1) if bar else None
+            _log_result(results[-1], out)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futs = [pool.submit(_prepare_one, c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict()) for c in todo]
+            for fut in as_completed(futs):
+                results.append(fut.result())
+                bar.update(1) if bar else None
+                _log_result(results[-1], out)
+    if bar:
+        bar.close()
+    done += [r for r in results if r["status"] == "done"]
+    failed += [r for r in results if r["status"] == "failed"]
+    done.sort(key=lambda r: r["case_id"])
+    id_lists = {k: read_id_list(v) if v else None for k, v in
+                (("train", train_list), ("test", test_list), ("val", val_list))}
+    patients = [r["patient_id"] for r in done]
+    splits = make_splits(patients, seed, val_fraction, test_fraction,
+                         id_lists["train"], id_lists["test"], id_lists["val"])
+    by_patient = {}
+    for r in done:
+        by_patient.setdefault(r["patient_id"], []).append(r["case_id"])
+    case_splits = {k: sorted(c for p in v for c in by_patient.get(p, [])) for k, v in splits.items()}
+    write_text(out / "splits.json", json.dumps({"by_patient": splits, "cases": case_splits, "seed": seed}, indent=2))
+    manifest = {
+        "format_version": CACHE_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "cases": [{k: r[k] for k in ("case_id", "patient_id", "source")} for r in done],
+        "failed": [{k: r.get(k) for k in ("case_id", "source", "error")} for r in failed],
+        "skipped_as_finished": len(cases) - len(todo),
+    }
+    write_text(manifest_path, json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _log_result(r: dict, out: Path) -> None:
+    if r["status"] != "failed":
+        return
+    log.warning("skipped %s: %s", r["source"], r["error"])
+    with open(out / "errors.jsonl", "a") as f:
+        f.write(json.dumps({k: r.get(k) for k in ("case_id", "source", "error", "traceback")}) + "\n")

@@ -1,0 +1,131 @@
+"""Bring a radiograph (or a DRR) to the square, normalised image the models see.
+
+Real radiographs and DRRs go through the same :func:`normalize_view`, so the only remaining gap
+between them is appearance, which :func:`match_histogram` can narrow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def normalize_view(img: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
+    """Robust min-max to [0, 1]: percentiles rather than extremes, so burnt-in labels, collimator
+    edges and hot pixels do not decide the contrast."""
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = _robust_range(a, percentiles)
+    return _rescale(a, lo, hi)
+
+
+def to_model_view(
+    radiograph_or_array,
+    size: int,
+    *,
+    crop: str = "pad",
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Square, resized and normalised float32 ``[size, size]`` image in [0, 1].
+
+    ``crop="pad"`` keeps the whole field of view (padding with the background level, the low
+    percentile); ``crop="center"`` cuts the long side.  The normalisation range is taken from the
+    image content that ends up in the view, never from the padding.
+    """
+    if crop not in ("pad", "center"):
+        raise ValueError(f"crop must be 'pad' or 'center', not {crop!r}")
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size must be positive, not {size}")
+    pixels = getattr(radiograph_or_array, "pixels", radiograph_or_array)
+    a = np.asarray(pixels, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D [row, col] image, got shape {a.shape}")
+
+    h, w = a.shape
+    if crop == "center":
+        s = min(h, w)
+        r0, c0 = (h - s) // 2, (w - s) // 2
+        a = a[r0:r0 + s, c0:c0 + s]
+        lo, hi = _robust_range(a, percentiles)
+    else:
+        lo, hi = _robust_range(a, percentiles)
+        s = max(h, w)
+        r0, c0 = (s - h) // 2, (s - w) // 2
+        square = np.full((s, s), lo, dtype=np.float64)
+        square[r0:r0 + h, c0:c0 + w] = a
+        a = square
+
+    a = _resize(a, size)
+    return _rescale(a, lo, hi)
+
+
+def quantile_table(img: np.ndarray, n: int = 256) -> np.ndarray:
+    """``n`` evenly spaced quantiles (0..100 %) of an image: a small stand-in for a reference
+    histogram, e.g. one averaged over many DRRs."""
+    if n < 2:
+        raise ValueError("a quantile table needs at least 2 entries")
+    a = np.asarray(img, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        raise ValueError("image has no finite values")
+    return np.quantile(a, np.linspace(0.0, 1.0, n)).astype(np.float32)
+
+
+def match_histogram(img: np.ndarray, reference) -> np.ndarray:
+    """Monotone CDF mapping of ``img`` onto ``reference``'s grey-value distribution.
+
+    ``reference`` is a reference image (any shape with ndim >= 2) or a 1-D quantile table from
+    :func:`quantile_table`.  Equal inputs map to equal outputs and order is kept, so anatomy is
+    never rearranged; the output lies in the reference's range.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.ndim == 1:
+        if ref.size < 2 or np.any(np.diff(ref) < 0) or not np.all(np.isfinite(ref)):
+            raise ValueError("a quantile table must be 1-D, finite, non-decreasing, with >= 2 entries")
+        table = ref
+    else:
+        table = quantile_table(ref, 1024).astype(np.float64)
+    probs = np.linspace(0.0, 1.0, table.size)
+
+    a = np.asarray(img, dtype=np.float64)
+    flat = a.ravel()
+    # Mid-rank of each value (ties share one rank) -> its position in the source CDF.
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    mid_rank = (upper - counts / 2.0) / flat.size  # in (0, 1)
+    if uniq.size == 1:
+        mid_rank = np.array([0.5])
+    else:
+        # Stretch so the extremes of img land on the extremes of the reference.
+        lo_r, hi_r = mid_rank[0], mid_rank[-1]
+        mid_rank = (mid_rank - lo_r) / (hi_r - lo_r)
+    mapped = np.interp(mid_rank, probs, table)
+    return mapped[inverse].reshape(a.shape).astype(np.float32)
+
+
+def _robust_range(a: np.ndarray, percentiles) -> tuple[float, float]:
+    p_lo, p_hi = float(percentiles[0]), float(percentiles[1])
+    if not 0.0 <= p_lo < p_hi <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    lo, hi = np.percentile(a, [p_lo, p_hi])
+    if hi <= lo:  # mostly flat image: fall back to the full range
+        lo, hi = float(a.min()), float(a.max())
+    return float(lo), float(hi)
+
+
+def _rescale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.float32)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _resize(a: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased resize: plain bilinear would alias rib edges when shrinking 2000 px to 128."""
+    if a.shape == (size, size):
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].numpy().astype(np.float64)

