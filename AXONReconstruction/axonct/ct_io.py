@@ -316,6 +316,58 @@ def _read_dicom_series(info: SeriesInfo, where: Path) -> tuple[sitk.Image, dict]
 # ----------------------------------------------------------------------------- checks
 
 
+def _nifti_nonfinite(path: Path) -> str | None:
+    """Scan a float NIfTI's raw voxels: ITK's NIfTI reader silently turns NaN into 0.
+
+    Returns "NaN", "infinite" or None. Reads in chunks so a 500 MB CT does not double in memory.
+    """
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+            for order in ("<", ">"):
+                size = int(np.frombuffer(head[:4], dtype=order + "i4")[0])
+                if size in (348, 540):
+                    break
+            else:
+                return None
+            if size == 348:
+                dim = np.frombuffer(head[40:56], dtype=order + "i2").astype(np.int64)
+                dtype_code = int(np.frombuffer(head[70:72], dtype=order + "i2")[0])
+                offset = int(np.frombuffer(head[108:112], dtype=order + "f4")[0])
+            else:
+                dim = np.frombuffer(head[16:80], dtype=order + "i8")
+                dtype_code = int(np.frombuffer(head[12:14], dtype=order + "i2")[0])
+                offset = int(np.frombuffer(head[168:176], dtype=order + "i8")[0])
+            kind = {16: "f4", 64: "f8"}.get(dtype_code)
+            if kind is None:
+                return None  # integer voxels cannot hold NaN
+            n_dim = int(dim[0])
+            if not 1 <= n_dim <= 7:
+                return None
+            n_vox = int(np.prod(dim[1 : n_dim + 1]))
+            dtype = np.dtype(order + kind)
+            f.seek(max(offset, size))
+            found = None
+            remaining = n_vox * dtype.itemsize
+            chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
+            while remaining > 0:
+                buf = f.read(min(chunk, remaining))
+                if not buf:
+                    break
+                remaining -= len(buf)
+                v = np.frombuffer(buf[: len(buf) // dtype.itemsize * dtype.itemsize], dtype=dtype)
+                if np.isnan(v).any():
+                    return "NaN"
+                if found is None and np.isinf(v).any():
+                    found = "infinite"
+            return found
+    except (OSError, EOFError, ValueError):
+        return None  # unreadable files are reported by the image reader
+
+
 def _as_3d_float(image: sitk.Image, path: Path) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise AxonInputError(
@@ -415,6 +467,10 @@ def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
         except RuntimeError as exc:
             raise AxonInputError(path, f"cannot be read as {suf} (corrupt or truncated file: {exc})") from None
         image = _as_3d_float(image, path)
+        if suf in (".nii", ".nii.gz"):
+            bad = _nifti_nonfinite(path)
+            if bad is not None:
+                raise AxonInputError(path, f"contains {bad} values; cannot use it as a CT")
         warnings = _check_values(image, path)
         meta.update(
             format=suf.lstrip("."), patient_id=_stem(path), modality="CT", n_slices=image.GetDepth(), warnings=warnings

@@ -198,7 +198,7 @@ def prepare_cache(
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        if old.get("config") != cfg.to_dict():
+        if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
             raise AxonInputError(out, "this cache was prepared with a different grid/geometry config; "
                                       "use another --out folder or the same preset")
     write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))

@@ -112,11 +112,10 @@ def _has_dicom_magic(p: Path) -> bool:
 
 def _read_dicom(p: Path, view: str | None) -> Radiograph:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(p, force=True)
-    except (InvalidDicomError, Exception) as e:  # pydicom raises many types on garbage
+    except Exception as e:  # pydicom raises many exception types on garbage
         raise AxonInputError(p, f"is not a readable DICOM file ({_short(e)})") from e
     if len(ds) == 0 or ("SOPClassUID" not in ds and "PixelData" not in ds and "Modality" not in ds):
         raise AxonInputError(p, "is not a readable DICOM file (no DICOM attributes found)")
@@ -125,7 +124,7 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
     if modality and modality not in RADIOGRAPH_MODALITIES:
         kind = _MODALITY_NAMES.get(modality, modality)
         raise AxonInputError(
-            p, f"is a {kind} image (Modality {modality}), not a radiograph "
+            p, f"is {_article(kind)} {kind} image (Modality {modality}), not a radiograph "
             f"(expected Modality {', '.join(RADIOGRAPH_MODALITIES[:3])})",
         )
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -136,6 +135,11 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         raise AxonInputError(
             p, f"has {frames} frames (a multi-frame or 3-D DICOM), not a single radiograph"
         )
+
+    # Settle the view before decoding: a swapped view should fail fast, not after a large decode.
+    view_meta: dict = {}
+    view_position = _str_or_none(ds.get("ViewPosition"))
+    final_view = _resolve_view(p, ds, view_position, view, view_meta)
 
     try:
         raw = ds.pixel_array
@@ -172,6 +176,7 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         "patient_orientation": _orientation(ds),
         "distance_source_to_detector_mm": _float_or_none(ds.get("DistanceSourceToDetector")),
         "distance_source_to_patient_mm": _float_or_none(ds.get("DistanceSourceToPatient")),
+        **view_meta,
     }
 
     grey = _monochrome_display(p, ds, arr, meta, is_mono=photometric.startswith("MONOCHROME"))
@@ -185,8 +190,6 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
     meta["inverted"] = invert
 
     spacing = _dicom_spacing(ds, meta)
-    view_position = _str_or_none(ds.get("ViewPosition"))
-    final_view = _resolve_view(p, ds, view_position, view, meta)
 
     grey, spacing = _reorient(grey, spacing, meta["patient_orientation"], final_view, meta)
     return Radiograph(
@@ -570,6 +573,13 @@ def _pair_or_none(v) -> tuple[float, float] | None:
     if len(vals) != 2 or any(x is None or x <= 0 for x in vals):
         return None
     return (float(vals[0]), float(vals[1]))
+
+
+def _article(word: str) -> str:
+    """'an MR', 'an ultrasound', 'a CT': acronyms are read letter by letter."""
+    first = word[:1]
+    spoken_vowel = first.lower() in "aeiou" or (word[:2].isupper() and first in "FHLMNRSX")
+    return "an" if spoken_vowel else "a"
 
 
 def _short(e: Exception) -> str:

@@ -32,7 +32,8 @@ def to_model_view(
 
     ``crop="pad"`` keeps the whole field of view (padding with the background level, the low
     percentile); ``crop="center"`` cuts the long side.  The normalisation range is taken from the
-    image content that ends up in the view, never from the padding.
+    resized image content, never from the padding, so a DRR rendered at ``size`` and a large real
+    radiograph are normalised alike.
     """
     if crop not in ("pad", "center"):
         raise ValueError(f"crop must be 'pad' or 'center', not {crop!r}")
@@ -48,18 +49,20 @@ def to_model_view(
     if crop == "center":
         s = min(h, w)
         r0, c0 = (h - s) // 2, (w - s) // 2
-        a = a[r0:r0 + s, c0:c0 + s]
+        a = _resize(a[r0:r0 + s, c0:c0 + s], (size, size))
         lo, hi = _robust_range(a, percentiles)
-    else:
-        lo, hi = _robust_range(a, percentiles)
-        s = max(h, w)
-        r0, c0 = (s - h) // 2, (s - w) // 2
-        square = np.full((s, s), lo, dtype=np.float64)
-        square[r0:r0 + h, c0:c0 + w] = a
-        a = square
+        return _rescale(a, lo, hi)
 
-    a = _resize(a, size)
-    return _rescale(a, lo, hi)
+    # Resize the content first and pad afterwards, so the percentiles are those of the image at
+    # model resolution (like a DRR rendered there) and the padding is exactly the background level.
+    s = max(h, w)
+    th, tw = max(1, round(h * size / s)), max(1, round(w * size / s))
+    a = _resize(a, (th, tw))
+    lo, hi = _robust_range(a, percentiles)
+    square = np.full((size, size), lo, dtype=np.float64)
+    r0, c0 = (size - th) // 2, (size - tw) // 2
+    square[r0:r0 + th, c0:c0 + tw] = a
+    return _rescale(square, lo, hi)
 
 
 def quantile_table(img: np.ndarray, n: int = 256) -> np.ndarray:
@@ -122,10 +125,10 @@ def _rescale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _resize(a: np.ndarray, size: int) -> np.ndarray:
+def _resize(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Anti-aliased resize: plain bilinear would alias rib edges when shrinking 2000 px to 128."""
-    if a.shape == (size, size):
+    if a.shape == tuple(shape):
         return a
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
-    out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(t, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
     return out[0, 0].numpy().astype(np.float64)
