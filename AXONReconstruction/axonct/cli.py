@@ -14,7 +14,7 @@ from .errors import AxonInputError
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model grid and projection geometry (defaults: the preset's)")
     g.add_argument("--preset", default="paper", choices=["tiny", "cpu", "paper"],
-                   help="grid/geometry preset: tiny 32^3/64^2, cpu 64^3/128^2, paper 128^3/128^2 (default)")
+                   help="grid/geometry preset (final cube / views): tiny 64^3/64^2, cpu 128^3/128^2, paper 256^3/128^2 (default)")
     g.add_argument("--size", type=int, help="cube side in voxels")
     g.add_argument("--fov", type=float, help="cube side in mm (default 320)")
     g.add_argument("--pixels", type=int, help="detector side in pixels")
@@ -99,7 +99,7 @@ def cmd_demo(args) -> int:
     from .xray_realism import RealismConfig
 
     ct = sample_ct_path(fetch=True)
-    cfg = data_preset("paper")
+    cfg = data_preset("cpu")
     info = export_drrs(ct, args.out, cfg, realism=RealismConfig(), seed=args.seed)
     print(f"demo: {ct.name} ({info['patient_id']}) -> {cfg.grid.size}^3 model cube -> biplanar DRRs")
     for k, v in info["files"].items():

@@ -64,6 +64,12 @@ class DataConfig:
     views: tuple[str, ...] = VIEWS
     remove_bed: bool = True
 
+    def diffusion_grid(self, sr_factor: int = 2) -> VolumeGrid:
+        """The coarser grid the diffusion stages work on (same field of view)."""
+        if self.grid.size % sr_factor:
+            raise ValueError(f"grid size {self.grid.size} is not divisible by the SR factor {sr_factor}")
+        return dataclasses.replace(self.grid, size=self.grid.size // sr_factor)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -81,11 +87,15 @@ class DataConfig:
 
 
 def data_preset(name: str) -> DataConfig:
-    """Data presets matching the model presets: ``tiny`` (tests), ``cpu`` (demo), ``paper``."""
+    """Data presets matching the model presets; the cube is the FINAL (super-resolved) grid.
+
+    Diffusion runs at half that size (``DataConfig.diffusion_grid``): tiny 32^3 -> 64^3 with 64^2
+    views (tests), cpu 64^3 -> 128^3 with 128^2 views (CPU demo), paper 128^3 -> 256^3 with 128^2 views.
+    """
     presets = {
-        "tiny": DataConfig(VolumeGrid(size=32, fov_mm=320.0), ProjectionGeometry(detector_pixels=64)),
-        "cpu": DataConfig(VolumeGrid(size=64, fov_mm=320.0), ProjectionGeometry(detector_pixels=128)),
-        "paper": DataConfig(VolumeGrid(size=128, fov_mm=320.0), ProjectionGeometry(detector_pixels=128)),
+        "tiny": DataConfig(VolumeGrid(size=64, fov_mm=320.0), ProjectionGeometry(detector_pixels=64)),
+        "cpu": DataConfig(VolumeGrid(size=128, fov_mm=320.0), ProjectionGeometry(detector_pixels=128)),
+        "paper": DataConfig(VolumeGrid(size=256, fov_mm=320.0), ProjectionGeometry(detector_pixels=128)),
     }
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")

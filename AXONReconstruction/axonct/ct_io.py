@@ -24,6 +24,9 @@ MIN_SLICES = 8
 MAX_GAP_DEVIATION = 0.25
 """Slice gaps may deviate from their median by at most this fraction (see ``_slice_geometry``)."""
 
+MAX_SHEAR_MM = 1.0
+"""Slice origins may drift off the slice normal by this much (rounding); more is gantry tilt."""
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -91,12 +94,11 @@ def _looks_like_dicom(path: Path) -> bool:
 def _read_header(path: Path):
     """Parse the header of a DICOM file; None for DICOMDIR indexes; AxonInputError if corrupt."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     force = not _has_dicom_preamble(path)  # .dcm files written without the 128-byte preamble
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=force, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a DICOM-looking file means corrupt
         raise AxonInputError(path, f"cannot be read as DICOM (corrupt or not a DICOM file: {exc})") from None
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
@@ -218,6 +220,7 @@ def _slice_geometry(slices: list[_Slice], where: Path):
     ``m * (1 +- MAX_GAP_DEVIATION)``. Rounding jitter passes; a missing slice (gap 2m) or mixed
     slice spacings are refused, because a regular grid would then put anatomy at the wrong place.
     Slices at the same position (duplicates) are dropped, keeping the lowest InstanceNumber.
+    Tilted-gantry (sheared) stacks are refused: a regular grid would misplace them.
     """
     missing = [s for s in slices if s.position is None or s.orientation is None or len(s.orientation) != 6]
     if missing:
@@ -243,6 +246,14 @@ def _slice_geometry(slices: list[_Slice], where: Path):
     slices = [slices[i] for i in keep]
     pos = pos[keep]
     direction = np.stack([row, col, normal], axis=1)  # columns = axes, as SimpleITK wants
+    offsets = np.array([s.position for s in slices]) - np.array(slices[0].position)
+    sideways = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
+    if sideways.max() > MAX_SHEAR_MM:
+        raise AxonInputError(
+            where,
+            f"slices shift sideways by up to {sideways.max():.1f} mm along the stack (gantry tilt or sheared "
+            "series); AXON needs slices stacked straight along their normal — resample the series first",
+        )
     if len(slices) < 2:
         return slices, direction, None, dropped, duplicates
     gaps = np.diff(pos)

@@ -21,6 +21,9 @@ BODY_THRESHOLD_HU = -500.0
 MASK_WORK_SPACING_MM = 2.5
 """Resolution at which the body mask is computed: fine enough for the skin, cheap on 512² CTs."""
 
+MASK_MORPH_RADIUS_MM = 2.5
+"""Opening/dilation radius: removes structures thinner than ~5 mm (table shell, cables)."""
+
 AIR_HU = -1024.0
 
 
@@ -99,20 +102,24 @@ class ModelVolume:
 
 
 def body_mask(image: sitk.Image) -> sitk.Image:
-    """Body mask (uint8) at a coarse working resolution, on a grid covering ``image``.
+    """Body mask (uint8) at a coarse working resolution (~2.5 mm), on a grid covering ``image``.
 
-    Threshold at -500 HU, a 1-voxel opening to cut thin bridges (table shell, cables, clothes
-    folds), keep the largest connected component, fill holes (lungs, airways) per axial slice,
-    then dilate one voxel so the skin's partial-volume rim survives when the mask is applied.
+    Threshold at -500 HU, an opening of ~2.5 mm radius to cut thin bridges (table shell, cables,
+    clothes folds), keep the largest connected component, fill holes (lungs, airways) per axial
+    slice, then dilate by the same radius so the skin's partial-volume rim survives when the mask
+    is applied. Sources coarser than ~5 mm skip the morphology: it would erase the chest wall.
     """
     factors = [max(1, int(round(MASK_WORK_SPACING_MM / s))) for s in image.GetSpacing()]
     small = sitk.BinShrink(image, factors) if any(f > 1 for f in factors) else image
+    radius = [int(round(MASK_MORPH_RADIUS_MM / s)) for s in small.GetSpacing()]
     mask = sitk.BinaryThreshold(small, BODY_THRESHOLD_HU, 1e9, 1, 0)
-    mask = sitk.BinaryMorphologicalOpening(mask, [1, 1, 1], sitk.sitkBall)
+    if any(radius):
+        mask = sitk.BinaryMorphologicalOpening(mask, radius, sitk.sitkBall)
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
     mask = sitk.Cast(cc == 1, sitk.sitkUInt8)
     mask = _fill_holes_axial(mask)
-    mask = sitk.BinaryDilate(mask, [1, 1, 1], sitk.sitkBall)
+    if any(radius):
+        mask = sitk.BinaryDilate(mask, radius, sitk.sitkBall)
     return mask
 
 

@@ -50,7 +50,7 @@ def test_drr_writes_views_with_geometry(real_ct_path, tmp_path):
     assert frontal.GetMetaData("axon_view") == "frontal"
     assert info["views"]["lateral"]["source_mm"] == pytest.approx([-541.0, 0.0, 0.0], abs=1e-6)
     cube = sitk.ReadImage(str(out / "ct_model_grid.nrrd"))
-    assert cube.GetSize() == (32, 32, 32) and np.allclose(cube.GetSpacing(), (10.0, 10.0, 10.0))
+    assert cube.GetSize() == (64, 64, 64) and np.allclose(cube.GetSpacing(), (5.0, 5.0, 5.0))
     assert np.allclose(cube.GetDirection(), np.eye(3).ravel())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

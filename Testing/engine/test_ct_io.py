@@ -23,7 +23,9 @@ def ct_small():
     return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 
 
-def write_series(ct_small, folder: Path, positions, modality="CT", patient_id="LIDC-IDRI-0001", name="1-{:03d}.dcm"):
+def write_series(
+    ct_small, folder: Path, positions, modality="CT", patient_id="LIDC-IDRI-0001", name="1-{:03d}.dcm", shear=0.0
+):
     """Write one slice per z position, files named in an order unrelated to position."""
     folder.mkdir(parents=True, exist_ok=True)
     uid = generate_uid()
@@ -34,7 +36,7 @@ def write_series(ct_small, folder: Path, positions, modality="CT", patient_id="L
     paths = []
     for k, i in enumerate(order):
         ds = copy.deepcopy(ct_small)
-        ds.ImagePositionPatient = [x0, y0, float(positions[i])]
+        ds.ImagePositionPatient = [x0, y0 + shear * float(positions[i]), float(positions[i])]
         ds.InstanceNumber = int(len(positions) - i)
         sop = generate_uid()
         ds.SOPInstanceUID = sop
@@ -109,6 +111,13 @@ def test_slice_gap_rule(ct_small, tmp_path):
     with pytest.raises(AxonInputError, match="irregular slice spacing") as err:
         read_ct(folder)
     assert "missing" in str(err.value)
+
+
+def test_gantry_tilt_refused(ct_small, tmp_path):
+    folder = write_series(ct_small, tmp_path / "tilted", [2.5 * i for i in range(10)], shear=0.2)[0].parent
+    with pytest.raises(AxonInputError, match="gantry tilt") as err:
+        read_ct(folder)
+    assert "tilted" in str(err.value)
 
 
 def _nifti(tmp_path, name, array, spacing=(1.0, 1.0, 1.0)):

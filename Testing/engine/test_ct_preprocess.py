@@ -91,9 +91,10 @@ def test_round_trip_on_cube_grid_is_lossless(remove_bed):
     ref = make_image(np.zeros((32, 32, 32)), (s, s, s), (-150.0, -160.0, -500.0))
     center = tuple(o + 15.5 * s for o in ref.GetOrigin())
     hu = sitk.GetArrayFromImage(chest_phantom(ref, center=center))
+    hu[hu == -1000] = -1024  # bed removal sets everything outside the body to -1024
     rng = np.random.default_rng(0)
-    body = hu > -900
-    hu[body] += rng.uniform(-300, 1400, body.sum())  # texture, all still above -500 HU
+    soft = hu == 40
+    hu[soft] += rng.uniform(-300, 1400, soft.sum())  # texture, all still above -500 HU
     hu = np.clip(hu, -1024, 1476)
     if not remove_bed:  # no mask involved: any HU anywhere must survive
         hu = rng.uniform(-1024, 1476, hu.shape).astype(np.float32)
@@ -152,15 +153,17 @@ def test_remove_bed_drops_table_keeps_body():
     hu = {flag: unit_to_hu(mv.array, g) for flag, mv in results.items()}
     x, y, z = physical_coords(results[True].to_hu_image())
     slab = (np.abs(x) < 140) & (y > 96) & (y < 100) & (np.abs(z) < 30)
-    lung = ((x - 55) / 30) ** 2 + (y / 45) ** 2 <= 1
-    soft = ((x / 110) ** 2 + (y / 70) ** 2 <= 1) & (np.abs(x) < 12)
+    in_scan = np.abs(z) < 30  # the cube is taller than this 80 mm scan
+    lung = (((x - 55) / 30) ** 2 + (y / 45) ** 2 <= 1) & in_scan
+    soft = ((x / 110) ** 2 + (y / 70) ** 2 <= 1) & (np.abs(x) < 12) & in_scan
     assert slab.sum() > 50 and lung.sum() > 50 and soft.sum() > 50
     assert hu[False][slab].mean() > 200  # the table is there without bed removal...
     assert np.all(hu[True][slab] == -1024)  # ...and gone with it
     # the body is untouched: lungs (holes in the threshold mask) are kept, not set to air
-    assert np.abs(hu[True][lung] - (-850)).max() < 1.0
-    assert np.abs(hu[True][soft] - 40).max() < 1.0
-    np.testing.assert_array_equal(hu[True][~slab & (np.abs(y) < 85)], hu[False][~slab & (np.abs(y) < 85)])
+    assert np.abs(hu[True][lung] - (-850)).max() < 10.0  # a few HU of anti-alias blur from the edges
+    assert np.abs(hu[True][soft] - 40).max() < 10.0
+    body = ((x / 120) ** 2 + (y / 80) ** 2 <= 1) & in_scan
+    np.testing.assert_array_equal(hu[True][body], hu[False][body])
 
 
 def test_center_lps_is_honoured():
@@ -201,11 +204,14 @@ def test_real_ct_round_trip_to_reference(real_ct):
     out = sitk.GetArrayFromImage(back)
     clamped = sitk.Clamp(real_ct, sitk.sitkFloat32, g.hu_min, g.hu_max)
     body = sitk.Resample(body_mask(clamped), real_ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    _, _, z = physical_coords(real_ct)
+    assert np.allclose(np.array(real_ct.GetDirection()).reshape(3, 3)[2, :2], 0)  # z depends on k only
+    z = np.array([real_ct.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(real_ct.GetDepth())])
+    z = z[:, None, None]
     lo, hi = mv.origin_lps[2], mv.origin_lps[2] + (g.size - 1) * g.spacing_mm
     inside = (sitk.GetArrayFromImage(body) > 0) & (z >= lo) & (z <= hi)
     assert inside.mean() > 0.3
     err = np.abs(out - orig)[inside]
     assert err.mean() < 75.0, err.mean()
     assert np.median(err) < 35.0, np.median(err)
-    assert np.all(out[(z < lo - g.spacing_mm) | (z > hi + g.spacing_mm)] == -1024.0)  # outside the cube
+    outside = ((z < lo - g.spacing_mm) | (z > hi + g.spacing_mm))[:, 0, 0]
+    assert outside.any() and np.all(out[outside] == -1024.0)  # slices beyond the cube

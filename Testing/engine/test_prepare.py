@@ -48,7 +48,7 @@ def test_prepare_writes_cases_and_logs_bad_ones(ct_folder, tmp_path):
         case = out / "cases" / cid
         ct = np.load(case / "ct.npy")
         drr = np.load(case / "drr.npy")
-        assert ct.shape == (32, 32, 32) and ct.dtype == np.float16
+        assert ct.shape == (64, 64, 64) and ct.dtype == np.float16
         assert 0 <= ct.min() and ct.max() <= 1 and ct.max() > 0.3
         assert drr.shape == (2, 64, 64) and np.isfinite(drr).all() and drr.max() > 0
         assert json.loads((case / "case.json").read_text())["patient_id"] == cid

@@ -1,0 +1,178 @@
+"""Model and training presets: ``tiny`` (tests, minutes on 2 CPU cores), ``cpu`` (the CPU demo:
+64^3 diffusion, SR to 128^3) and ``paper`` (128^3 diffusion, SR to 256^3, sized for one 80 GB GPU).
+
+Configs are plain dataclasses and round-trip through JSON/YAML-like dicts, so a run is described by
+one file (``axon train --config FILE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DataConfig, data_preset
+
+
+@dataclass
+class CoarseConfig:
+    """Stage I: view encoders, geometric lifting, fusion, and the Brownian-bridge 3D UNet."""
+
+    encoder_channels: tuple[int, ...] = (16, 32)  # 2D encoder per view
+    lifted_channels: int = 8  # feature channels carried into 3D by back-projection
+    fusion_channels: int = 16
+    unet_channels: tuple[int, ...] = (16, 32, 64)
+    unet_res_blocks: int = 1
+    unet_attention: tuple[bool, ...] = (False, False, False)
+    num_train_timesteps: int = 1000
+    m_min: float = 0.001
+    m_max: float = 0.999
+    variance_scale: float = 1.0  # s in delta_t = 2 s (m_t - m_t^2)
+    sample_steps: int = 20
+    eta: float = 1.0
+    y_loss_weight: float = 1.0  # L1 of the lifted start volume y against the CT
+    view_dropout: float = 0.3  # probability of training a sample with the frontal view only
+
+
+@dataclass
+class PriorConfig:
+    """Stage II: unconditional 3D CT diffusion prior and its ControlNet branch."""
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    res_blocks: int = 1
+    attention: tuple[bool, ...] = (False, False, False)
+    num_head_channels: int = 16
+    num_train_timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: str = "epsilon"
+    sample_steps: int = 20
+    start_strength: float = 0.6  # 1.0 = start from pure noise; <1 = from a noised Stage I volume
+    controlnet_conditioning_channels: tuple[int, ...] = (16,)
+    controlnet_scale: float = 1.0
+
+
+@dataclass
+class SRConfig:
+    """Stage III: transposed-convolution super-resolution N -> factor * N."""
+
+    factor: int = 2
+    channels: int = 32
+    blocks: int = 4
+    train_patch: int = 32  # low-resolution patch side
+    tile: int = 64  # low-resolution tile side at inference
+    tile_overlap: int = 8
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.995
+    grad_clip: float = 1.0
+    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU; or "bf16", "off"
+    checkpoint_every: int = 100
+    validate_every: int = 100
+    log_every: int = 10
+    val_cases: int = 2
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass
+class ModelPreset:
+    name: str = "tiny"
+    data: DataConfig = field(default_factory=lambda: data_preset("tiny"))
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    sr: SRConfig = field(default_factory=SRConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def diffusion_grid(self):
+        return self.data.diffusion_grid(self.sr.factor)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelPreset":
+        def build(kind, values):
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+            out = {}
+            for f in dataclasses.fields(kind):
+                if f.name in values:
+                    v = values[f.name]
+                    out[f.name] = tuple(v) if isinstance(v, list) else v
+            return kind(**out)
+
+        return cls(
+            name=d.get("name", "custom"),
+            data=DataConfig.from_dict(d.get("data", {})),
+            coarse=build(CoarseConfig, d.get("coarse", {})),
+            prior=build(PriorConfig, d.get("prior", {})),
+            sr=build(SRConfig, d.get("sr", {})),
+            train=build(TrainConfig, d.get("train", {})),
+        )
+
+
+def model_preset(name: str) -> ModelPreset:
+    if name == "tiny":
+        return ModelPreset(
+            name="tiny",
+            data=data_preset("tiny"),
+            coarse=CoarseConfig(encoder_channels=(8, 16), lifted_channels=8, fusion_channels=8,
+                                unet_channels=(16, 32, 32), sample_steps=10),
+            prior=PriorConfig(channels=(16, 32, 32), sample_steps=10, controlnet_conditioning_channels=(8,)),
+            sr=SRConfig(channels=16, blocks=2, train_patch=16, tile=32, tile_overlap=4),
+            train=TrainConfig(steps=300, batch_size=2, lr=1e-3, checkpoint_every=100, validate_every=100),
+        )
+    if name == "cpu":
+        return ModelPreset(
+            name="cpu",
+            data=data_preset("cpu"),
+            coarse=CoarseConfig(encoder_channels=(16, 32), lifted_channels=8, fusion_channels=16,
+                                unet_channels=(16, 32, 64), sample_steps=20),
+            prior=PriorConfig(channels=(16, 32, 64), sample_steps=20, controlnet_conditioning_channels=(16,)),
+            sr=SRConfig(channels=32, blocks=4, train_patch=24, tile=64, tile_overlap=8),
+            train=TrainConfig(steps=4000, batch_size=2, lr=5e-4, checkpoint_every=500, validate_every=500),
+        )
+    if name == "paper":
+        return ModelPreset(
+            name="paper",
+            data=data_preset("paper"),
+            coarse=CoarseConfig(encoder_channels=(32, 64, 128), lifted_channels=16, fusion_channels=32,
+                                unet_channels=(64, 128, 256, 256), unet_res_blocks=2,
+                                unet_attention=(False, False, False, True), sample_steps=20),
+            prior=PriorConfig(channels=(64, 128, 256, 256), res_blocks=2, attention=(False, False, False, True),
+                              num_head_channels=32, sample_steps=50, controlnet_conditioning_channels=(32,)),
+            sr=SRConfig(channels=64, blocks=8, train_patch=48, tile=96, tile_overlap=16),
+            train=TrainConfig(steps=200_000, batch_size=2, lr=1e-4, checkpoint_every=5000, validate_every=5000),
+        )
+    raise ValueError(f"unknown preset {name!r}; choose tiny, cpu or paper")
+
+
+def load_preset(name_or_file: str) -> ModelPreset:
+    """A preset name, or a JSON file (a full preset dict, or {"base": name, ...overrides})."""
+    if name_or_file in ("tiny", "cpu", "paper"):
+        return model_preset(name_or_file)
+    path = Path(name_or_file)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such preset or config file (presets: tiny, cpu, paper)")
+    d = json.loads(path.read_text())
+    if "base" in d:
+        base = model_preset(d.pop("base")).to_dict()
+        for section, values in d.items():
+            if isinstance(values, dict) and isinstance(base.get(section), dict):
+                base[section].update(values)
+            else:
+                base[section] = values
+        d = base
+    return ModelPreset.from_dict(d)
