@@ -92,6 +92,28 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .presets import load_preset
+    from .training import train
+
+    try:
+        preset = load_preset(args.config)
+    except (FileNotFoundError, ValueError) as exc:
+        raise AxonInputError(args.config, str(exc)) from exc
+    if args.steps is not None:
+        preset.train.steps = args.steps
+    if args.batch_size is not None:
+        preset.train.batch_size = args.batch_size
+    if args.seed is not None:
+        preset.train.seed = args.seed
+    if args.amp is not None:
+        preset.train.amp = args.amp
+    summary = train(args.stage, args.data, preset, args.out, resume=args.resume, device=args.device,
+                    prior_dir=args.prior, coarse_dir=args.coarse, progress=not args.no_progress)
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .config import data_preset
     from .drr_export import export_drrs
@@ -147,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_data_options(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one stage of the model",
+                       description="Train a stage on an `axon prepare` cache. Order: coarse and prior (any order), "
+                                   "then controlnet (needs --prior and --coarse), and sr. Several GPUs or machines: "
+                                   "run under torchrun. Writes RUN/<stage>.safetensors + .json (EMA weights), "
+                                   "resume.pt, train_log.csv, val_log.csv and val_montages/.")
+    p.add_argument("stage", choices=["coarse", "prior", "controlnet", "sr"])
+    p.add_argument("--data", required=True, help="cache folder from `axon prepare` (same preset)")
+    p.add_argument("--config", default="tiny", help="preset tiny|cpu|paper or a JSON config file")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--prior", help="run folder holding prior.safetensors (controlnet stage)")
+    p.add_argument("--coarse", help="run folder holding coarse.safetensors (controlnet stage)")
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size (per process)")
+    p.add_argument("--seed", type=int, help="override the preset's seed")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="mixed precision (auto: bf16 autocast on CUDA and CPU)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("benchmark", help="time and memory of the engine's parts")
     p.add_argument("what", choices=["drr"], help="drr: a biplanar DRR pair from an N^3 CT at N^2")

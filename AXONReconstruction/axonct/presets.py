@@ -63,7 +63,7 @@ class SRConfig:
     blocks: int = 4
     train_patch: int = 32  # low-resolution patch side
     tile: int = 64  # low-resolution tile side at inference
-    tile_overlap: int = 8
+    tile_overlap: int = 12  # at least ~2 * blocks + 4 low-resolution voxels (the net's receptive radius)
 
 
 @dataclass
@@ -74,13 +74,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.995
     grad_clip: float = 1.0
-    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU; or "bf16", "off"
+    amp: str = "auto"  # auto: bf16 autocast on CUDA and CPU; or "bf16", "off"
     checkpoint_every: int = 100
     validate_every: int = 100
     log_every: int = 10
     val_cases: int = 2
-    num_workers: int = 0
     seed: int = 0
+    augment_spatial: bool = True  # random affine of the CT, DRRs re-rendered after it
+    augment_realism: bool = True  # X-ray realism simulation on the views
 
 
 @dataclass
@@ -131,7 +132,7 @@ def model_preset(name: str) -> ModelPreset:
             coarse=CoarseConfig(encoder_channels=(8, 16), lifted_channels=8, fusion_channels=8,
                                 unet_channels=(16, 32, 32), sample_steps=10),
             prior=PriorConfig(channels=(16, 32, 32), sample_steps=10, controlnet_conditioning_channels=(8,)),
-            sr=SRConfig(channels=16, blocks=2, train_patch=16, tile=32, tile_overlap=4),
+            sr=SRConfig(channels=16, blocks=2, train_patch=16, tile=32, tile_overlap=8),
             train=TrainConfig(steps=300, batch_size=2, lr=1e-3, checkpoint_every=100, validate_every=100),
         )
     if name == "cpu":
@@ -141,7 +142,7 @@ def model_preset(name: str) -> ModelPreset:
             coarse=CoarseConfig(encoder_channels=(16, 32), lifted_channels=8, fusion_channels=16,
                                 unet_channels=(16, 32, 64), sample_steps=20),
             prior=PriorConfig(channels=(16, 32, 64), sample_steps=20, controlnet_conditioning_channels=(16,)),
-            sr=SRConfig(channels=32, blocks=4, train_patch=24, tile=64, tile_overlap=8),
+            sr=SRConfig(channels=32, blocks=4, train_patch=24, tile=64, tile_overlap=12),
             train=TrainConfig(steps=4000, batch_size=2, lr=5e-4, checkpoint_every=500, validate_every=500),
         )
     if name == "paper":
@@ -153,7 +154,7 @@ def model_preset(name: str) -> ModelPreset:
                                 unet_attention=(False, False, False, True), sample_steps=20),
             prior=PriorConfig(channels=(64, 128, 256, 256), res_blocks=2, attention=(False, False, False, True),
                               num_head_channels=32, sample_steps=50, controlnet_conditioning_channels=(32,)),
-            sr=SRConfig(channels=64, blocks=8, train_patch=48, tile=96, tile_overlap=16),
+            sr=SRConfig(channels=64, blocks=8, train_patch=48, tile=96, tile_overlap=20),
             train=TrainConfig(steps=200_000, batch_size=2, lr=1e-4, checkpoint_every=5000, validate_every=5000),
         )
     raise ValueError(f"unknown preset {name!r}; choose tiny, cpu or paper")

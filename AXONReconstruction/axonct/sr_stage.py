@@ -114,7 +114,7 @@ def sr_training_pair(hr_volume: torch.Tensor, patch: int, generator: torch.Gener
         raise ValueError(f"volume {tuple(spatial)} is smaller than the HR patch side {side}")
     crops = []
     for b in range(hr_volume.shape[0]):
-        o = [int(torch.randint(0, s - side + 1, (1,), generator=generator)) for s in spatial]
+        o = [int(torch.randint(0, s - side + 1, (1,), generator=generator, device=generator.device)) for s in spatial]
         crops.append(hr_volume[b:b + 1, :, o[0]:o[0] + side, o[1]:o[1] + side, o[2]:o[2] + side])
     hr = torch.cat(crops, 0)
     lr = F.avg_pool3d(hr, kernel_size=factor, stride=factor)
@@ -131,22 +131,25 @@ def _tile_starts(n: int, tile: int, step: int) -> list[int]:
     return starts
 
 
-def _ramp(length: int, ramp: int, lo_edge: bool, hi_edge: bool, dtype, device) -> torch.Tensor:
-    """1-D blending weight: linear ramp over ``ramp`` voxels at interior tile borders (never exactly
-    zero, so the normalising sum is positive), flat at the volume's own borders."""
+def _window(length: int, overlap: int, lo_edge: bool, hi_edge: bool, dtype, device) -> torch.Tensor:
+    """1-D blending weight for one tile side (HR voxels). At borders shared with a neighbour the weight
+    is 0 over the outer quarter of the overlap (voxels most hurt by zero padding), then ramps linearly
+    to 1 at the overlap's inner end; the two neighbours' weights sum to 1 across the overlap. Flat at
+    the volume's own borders, where no other tile exists."""
+    d = torch.arange(length, dtype=dtype, device=device) + 0.5
     w = torch.ones(length, dtype=dtype, device=device)
-    if ramp > 0:
-        r = (torch.arange(ramp, dtype=dtype, device=device) + 0.5) / ramp
-        r = r[: length]
+    if overlap > 0:
+        m = overlap // 4
+        ramp = lambda dist: ((dist - m) / max(overlap - 2 * m, 1)).clamp(0.0, 1.0)
         if not lo_edge:
-            w[: r.numel()] = torch.minimum(w[: r.numel()], r)
+            w = torch.minimum(w, ramp(d))
         if not hi_edge:
-            w[length - r.numel():] = torch.minimum(w[length - r.numel():], r.flip(0))
+            w = torch.minimum(w, ramp(length - d))
     return w
 
 
 @torch.no_grad()
-def upsample_tiled(model: SRNet, x: torch.Tensor, tile: int, overlap: int,
+def upsample_tiled(model: SRNet, x: torch.Tensor, tile: Optional[int] = None, overlap: Optional[int] = None,
                    progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Run ``model`` on overlapping LR tiles of side ``tile`` (neighbours share ``overlap`` voxels),
     one tile at a time, and blend the HR outputs with separable linear ramps across each overlap.
@@ -154,7 +157,10 @@ def upsample_tiled(model: SRNet, x: torch.Tensor, tile: int, overlap: int,
     Works for any N (tiles are flush with the far border); memory is one tile's activations plus the
     output and weight-sum volumes. The result matches full-volume inference up to the convs' zero
     padding near tile borders, which the ramps down-weight; use an overlap of at least the net's
-    receptive radius (about 2*blocks + 4 LR voxels) for close agreement."""
+    receptive radius (about 2*blocks + 4 LR voxels) for close agreement. tile/overlap default to the
+    model's SRConfig (tile, tile_overlap); x must be on the model's device."""
+    tile = model.cfg.tile if tile is None else int(tile)
+    overlap = model.cfg.tile_overlap if overlap is None else int(overlap)
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
     f = model.factor
@@ -172,7 +178,7 @@ def upsample_tiled(model: SRNet, x: torch.Tensor, tile: int, overlap: int,
                 size = [min(tile, n) for n in spatial]
                 pred = model(x[:, :, z:z + size[0], y:y + size[1], xx:xx + size[2]]).to(x.dtype)
                 ws = [
-                    _ramp(f * size[a], f * overlap, o[a] == 0, o[a] + size[a] >= spatial[a], x.dtype, x.device)
+                    _window(f * size[a], f * overlap, o[a] == 0, o[a] + size[a] >= spatial[a], x.dtype, x.device)
                     for a in range(3)
                 ]
                 w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]

