@@ -7,26 +7,18 @@ a mismatch with a message that says what to do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, sha256_file, write_text
 from .errors import AxonInputError
 from .presets import ModelPreset
 
 FORMAT_VERSION = 1
 STAGES = ("coarse", "prior", "controlnet", "sr", "baseline")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage_paths(folder: str | Path, stage: str) -> tuple[Path, Path]:
@@ -43,7 +35,7 @@ def save_stage(folder: str | Path, stage: str, state_dict: dict, preset: ModelPr
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"stage": stage, "format_version": str(FORMAT_VERSION)})
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     info = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
@@ -86,7 +78,7 @@ def load_stage(folder: str | Path, stage: str, expected: ModelPreset | None = No
 
     info = read_card(folder, stage)
     weights, card = stage_paths(folder, stage)
-    if _sha256(weights) != info.get("sha256"):
+    if sha256_file(weights) != info.get("sha256"):
         raise AxonInputError(weights, "checksum does not match its card: the file is truncated or was modified; "
                                       "copy it again or retrain")
     if expected is not None:

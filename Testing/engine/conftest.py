@@ -35,6 +35,18 @@ def real_ct_path() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small 3D-network tests: on a shared 2-core machine,
+    OpenMP threads fighting other jobs made small 3D convs 10-50x slower. Restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """A tiny-preset cache of 8 synthetic chests (6 train, 2 val), shared by the training tests."""

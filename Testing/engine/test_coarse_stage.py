@@ -17,13 +17,7 @@ GEOM = ProjectionGeometry(detector_pixels=64)
 POINT = np.array([60.0, -40.0, 50.0])  # mm (x, y, z): 60 left, 40 anterior, 50 superior
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The cores are shared: one thread is faster than two contended ones for these small convs."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def voxel_position(index) -> np.ndarray:

@@ -145,7 +145,6 @@ def test_remove_bed_drops_table_keeps_body():
     ref = make_image(np.zeros((40, 180, 180)), (2.0, 2.0, 2.0), (-180.0, -170.0, -40.0))
     ct = chest_phantom(ref, center=(0.0, 0.0, 0.0), table=True)
     g = VolumeGrid(size=64, fov_mm=320.0)
-    s = g.spacing_mm
     results = {flag: ct_to_model(ct, g, remove_bed=flag) for flag in (True, False)}
     for mv in results.values():  # the table never moves the centre: it is not the body
         assert mv.center_lps[0] == pytest.approx(0.0, abs=2.0)

@@ -14,14 +14,7 @@ from axonct.presets import PriorConfig, model_preset
 N = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single intra-op thread for this module: on the shared 2-core machine, OpenMP threads fighting
-    other jobs made 3D convs 10-50x slower than one thread. Restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**over) -> PriorConfig:

@@ -15,14 +15,7 @@ from axonct.presets import model_preset
 from axonct.sr_stage import SRNet, sr_training_pair, upsample_tiled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single intra-op thread for this module: on the shared 2-core machine, OpenMP threads fighting
-    other jobs made 3D convs 10-50x slower than one thread. Restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**over):
