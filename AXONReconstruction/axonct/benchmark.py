@@ -125,3 +125,116 @@ def _fmt(v) -> str:
 
 def save_result(result: dict, path: str | Path) -> None:
     write_text(path, json.dumps(result, indent=2))
+
+
+# ----------------------------------------------------------------------------- whole pipeline
+H100_BF16_DENSE_TFLOPS = 989.0
+ASSUMED_UTILISATION = 0.3  # typical of 3D convolutions at these sizes; the projection states it
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms while a stage runs."""
+
+    def __init__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * resource.getpagesize()
+        except OSError:
+            return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._read())
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self.peak = self._read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def benchmark_pipeline(config: str = "cpu", weights: str | None = None, steps: int | None = None,
+                       device: str = "auto", samples: int = 1) -> dict:
+    """Wall time, peak memory and FLOPs of each stage for one reconstruction."""
+    from .pipeline import AxonPipeline
+    from .presets import load_preset
+    from .sr_stage import upsample_tiled
+
+    dev = resolve_device(device)
+    pipe = AxonPipeline.load(weights, dev) if weights else AxonPipeline.untrained(load_preset(config), dev)
+    p = pipe.preset
+    n, views_px = p.diffusion_grid.size, p.data.geometry.detector_pixels
+    c_steps, f_steps = steps or p.coarse.sample_steps, steps or p.prior.sample_steps
+    gen = torch.Generator().manual_seed(0)
+    views = torch.rand(1, 2, views_px, views_px, generator=gen).to(dev)
+    mask = torch.ones(1, 2, device=dev)
+    state = {}
+
+    def coarse():
+        state["x"] = pipe.coarse.sample(views, mask, num_steps=c_steps, generator=gen).float()
+
+    def fine():
+        state["x"] = pipe.fine.sample(state["x"], gen, num_steps=f_steps).float()
+
+    def sr():
+        state["x"] = upsample_tiled(pipe.sr, state["x"]).float()
+
+    x_small = torch.zeros(1, 1, n, n, n, device=dev)
+    t_one = torch.zeros(1, dtype=torch.long, device=dev)
+    per_call = {
+        "coarse": (_flops(lambda: pipe.coarse.predict(x_small, x_small, t_one)), c_steps),
+        "fine": (_flops(lambda: pipe.fine(x_small, t_one, x_small)), f_steps),
+        "sr": (_flops(lambda: pipe.sr(x_small)), 1),
+    }
+    rows = []
+    with torch.no_grad(), pipe._autocast():
+        for name, fn in (("coarse", coarse), ("fine", fine), ("sr", sr)):
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.synchronize()
+            with PeakRSS() as rss:
+                t = time.perf_counter()
+                for _ in range(samples):
+                    fn()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t
+            flops = per_call[name][0] * per_call[name][1] * samples
+            rows.append({
+                "stage": name, "grid": f"{state['x'].shape[-1]}^3", "steps": per_call[name][1],
+                "seconds": round(seconds, 3), "peak_rss_mb": round(rss.peak / 2**20, 1),
+                "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if dev.type == "cuda" else None,
+                "gflop": round(flops / 1e9, 1),
+                "projected_h100_s": round(flops / (H100_BF16_DENSE_TFLOPS * 1e12 * ASSUMED_UTILISATION), 3),
+            })
+    total = {"stage": "total", "grid": rows[-1]["grid"], "steps": None,
+             "seconds": round(sum(r["seconds"] for r in rows), 3),
+             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
+             "peak_cuda_mb": rows[0]["peak_cuda_mb"] and max(r["peak_cuda_mb"] for r in rows),
+             "gflop": round(sum(r["gflop"] for r in rows), 1),
+             "projected_h100_s": round(sum(r["projected_h100_s"] for r in rows), 3)}
+    rows.append(total)
+    return {"benchmark": "pipeline", "preset": p.name, "weights": weights or "untrained (same cost)",
+            "device": str(dev), "samples": samples, "machine": machine_info(), "rows": rows,
+            "goals": {"cpu_128": "<= 600 s on 2 cores", "h100_256": "<= 5 s at <= 12 GB"},
+            "projection": f"GPU seconds = counted FLOPs / ({H100_BF16_DENSE_TFLOPS:g} TFLOP/s bf16 dense x "
+                          f"{ASSUMED_UTILISATION:g} utilisation); a projection, not a measurement"}

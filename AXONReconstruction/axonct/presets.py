@@ -82,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     augment_spatial: bool = True  # random affine of the CT, DRRs re-rendered after it
     augment_realism: bool = True  # X-ray realism simulation on the views
+    controlnet_cond_steps: int = 4  # Stage I sampling steps that make ControlNet's training conditioning
 
 
 @dataclass

@@ -32,7 +32,7 @@ from .metrics import psnr, ssim
 from .montage import orthogonal_slices, save_montage
 from .presets import ModelPreset
 
-STAGES = ("coarse", "prior", "controlnet", "sr")
+STAGES = ("coarse", "prior", "controlnet", "sr", "baseline")
 
 
 # ----------------------------------------------------------------------------- models per stage
@@ -57,6 +57,10 @@ def build_stage(stage: str, preset: ModelPreset, prior_dir: str | None = None) -
         from .sr_stage import SRNet
 
         return SRNet(preset.sr)
+    if stage == "baseline":
+        from .baselines import X2CTStyleCNN
+
+        return X2CTStyleCNN(preset.coarse, preset.data, preset.diffusion_grid, preset.data.grid.size)
     raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
 
 
@@ -84,7 +88,7 @@ class StageLoss(nn.Module):
         self.coarse = coarse  # frozen Stage I that makes ControlNet's conditioning
 
     def forward(self, batch: dict, gen: torch.Generator):
-        if self.stage == "coarse":
+        if self.stage in ("coarse", "baseline"):
             return self.model.training_loss(batch["x0"], batch["views"], batch["view_mask"], gen)
         if self.stage == "prior":
             return self.model.training_loss(batch["x0"], gen)
@@ -251,22 +255,31 @@ def train(
         bar = tqdm(total=tc.steps, initial=start, desc=f"train {stage}", unit="step")
     t_last = time.time()
     loss_value = math.nan
+    bad_steps = skipped = 0
     for step in range(start, tc.steps):
         model.train()
         batch = _to(maker.batch(step, tc.batch_size, tc.seed, info.rank), dev)
         gen = step_generator(tc.seed, step, info.rank, stream=2)
         if coarse is not None:
-            batch["cond"] = coarse_condition(coarse, batch, preset.coarse.sample_steps, gen)
+            with _autocast(preset, dev):
+                batch["cond"] = coarse_condition(coarse, batch, tc.controlnet_cond_steps, gen).float()
         with _autocast(preset, dev):
             loss, logs = loss_module(batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
-        opt.step()
-        ema.update(params, step)
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise RuntimeError(f"loss became {loss_value} at step {step + 1}; lower the learning rate or check the data")
+        if math.isfinite(grad_norm) and math.isfinite(loss_value):
+            opt.step()
+            ema.update(params, step)
+            bad_steps = 0
+        else:  # a reduced-precision overflow: skip this update, as AMP loss scaling does
+            bad_steps += 1
+            skipped += 1
+            log(f"step {step + 1}: non-finite loss or gradient ({loss_value}, {grad_norm}); update skipped")
+            if bad_steps >= 5:
+                raise RuntimeError(f"5 consecutive non-finite steps at step {step + 1}; lower the learning rate, "
+                                   "use --amp off, or check the data")
         done = step + 1
         if bar:
             bar.update(1)
@@ -284,7 +297,8 @@ def train(
                 _validate(stage, model, coarse, val_maker, val_ids[: tc.val_cases], val_label, preset, dev, out, done)
     if bar:
         bar.close()
-    summary = {"stage": stage, "steps": tc.steps, "final_loss": loss_value, "world_size": info.world}
+    summary = {"stage": stage, "steps": tc.steps, "final_loss": loss_value, "world_size": info.world,
+               "skipped_nonfinite_steps": skipped}
     checksum = params_checksum(params)
     if info.world > 1:
         gathered = [None] * info.world
@@ -335,6 +349,8 @@ def _validate(stage, model, coarse, maker, case_ids, label, preset, dev, out, st
     gen = torch.Generator().manual_seed(1234)
     if stage == "coarse":
         pred, target = model.sample(batch["views"], batch["view_mask"], generator=gen), batch["x0"]
+    elif stage == "baseline":
+        pred, target = model(batch["views"], batch["view_mask"]), batch["x0"]
     elif stage == "prior":
         pred, target = model.sample(tuple(batch["x0"].shape), gen), None
     elif stage == "controlnet":

@@ -1,0 +1,223 @@
+"""`axon evaluate`: reconstructions against ground truth, in two labelled metric conventions.
+
+- honest: PSNR over the whole 3D volume on [0, 1] data (peak 1) and 3D SSIM with a Gaussian window;
+- x2ct: the X2CT-GAN papers' numbers: volumes as integers in [0, 2500] but PSNR with peak 4095
+  (about +4.3 dB), PSNR and SSIM per 2D slice along each of the three axes, averaged; SSIM with a
+  7x7 uniform window and sample covariance on [0, 1] data.
+The ground truth goes to the model grid exactly as in training (`ct_preprocess.ct_to_model`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path, write_text
+from .config import VolumeGrid
+from .ct_preprocess import ct_to_model, hu_to_unit, unit_to_hu
+from .errors import AxonInputError
+from .metrics import psnr, ssim
+from .montage import orthogonal_slices, save_montage
+
+X2CT_RANGE, X2CT_PEAK = 2500.0, 4095.0
+
+
+def _slices(vol: torch.Tensor):
+    """Every 2D slice along each of the three axes, as three [n, 1, h, w] batches."""
+    return [vol.permute(*order)[:, None] for order in ((0, 1, 2), (1, 0, 2), (2, 0, 1))]
+
+
+def x2ct_psnr(pred_unit: np.ndarray, gt_unit: np.ndarray) -> float:
+    p = torch.from_numpy(np.round(np.clip(pred_unit, 0, 1) * X2CT_RANGE)).double()
+    g = torch.from_numpy(np.round(np.clip(gt_unit, 0, 1) * X2CT_RANGE)).double()
+    per_axis = []
+    for ps, gs in zip(_slices(p), _slices(g)):
+        mse = ((ps - gs) ** 2).flatten(1).mean(1)
+        vals = [10 * math.log10(X2CT_PEAK**2 / float(m)) for m in mse if m > 0]
+        per_axis.append(float(np.mean(vals)) if vals else math.inf)
+    return float(np.mean(per_axis))
+
+
+def ssim2d_uniform(a: torch.Tensor, b: torch.Tensor, win: int = 7, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM of [n, 1, h, w] batches, uniform window, sample covariance, valid region."""
+    k = lambda x: F.avg_pool2d(x, win, stride=1)  # noqa: E731
+    n = win * win
+    cov = n / (n - 1)
+    ux, uy = k(a), k(b)
+    vx, vy = cov * (k(a * a) - ux**2), cov * (k(b * b) - uy**2)
+    vxy = cov * (k(a * b) - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+def x2ct_ssim(pred_unit: np.ndarray, gt_unit: np.ndarray) -> float:
+    p = torch.from_numpy(np.round(np.clip(pred_unit, 0, 1) * X2CT_RANGE) / X2CT_RANGE).double()
+    g = torch.from_numpy(np.round(np.clip(gt_unit, 0, 1) * X2CT_RANGE) / X2CT_RANGE).double()
+    return float(np.mean([float(ssim2d_uniform(ps, gs).mean()) for ps, gs in zip(_slices(p), _slices(g))]))
+
+
+def compare(pred_unit: np.ndarray, gt_unit: np.ndarray, grid: VolumeGrid) -> dict:
+    """All metrics for one case; inputs are [D, H, W] unit volumes on the same grid."""
+    if pred_unit.shape != gt_unit.shape:
+        raise ValueError(f"shapes differ: prediction {pred_unit.shape}, ground truth {gt_unit.shape}")
+    p = torch.from_numpy(np.clip(pred_unit, 0, 1).astype(np.float32))
+    g = torch.from_numpy(np.clip(gt_unit, 0, 1).astype(np.float32))
+    hu_p, hu_g = unit_to_hu(p.numpy(), grid), unit_to_hu(g.numpy(), grid)
+    body = hu_g > -500
+    return {
+        "honest": {"psnr": psnr(p, g), "ssim": ssim(p, g),
+                   "convention": "3D, [0,1] data, PSNR peak 1, SSIM 3D Gaussian window (sigma 1.5)"},
+        "x2ct": {"psnr": x2ct_psnr(pred_unit, gt_unit), "ssim": x2ct_ssim(pred_unit, gt_unit),
+                 "convention": "slice-wise along 3 axes; PSNR on [0,2500] with peak 4095; SSIM 7x7 uniform on [0,1]"},
+        "mae_hu": float(np.abs(hu_p - hu_g).mean()),
+        "mae_hu_body": float(np.abs(hu_p - hu_g)[body].mean()) if body.any() else None,
+    }
+
+
+def flat_metrics(m: dict) -> dict:
+    return {"psnr": m["honest"]["psnr"], "ssim": m["honest"]["ssim"], "psnr_x2ct": m["x2ct"]["psnr"],
+            "ssim_x2ct": m["x2ct"]["ssim"], "mae_hu": m["mae_hu"], "mae_hu_body": m["mae_hu_body"]}
+
+
+def load_prediction(path: str | Path) -> tuple[np.ndarray, VolumeGrid]:
+    """A reconstruction file (on a model grid: cube, isotropic, identity direction) as a unit volume."""
+    from .ct_io import read_ct
+
+    img = read_ct(path)
+    size = img.GetSize()
+    spacing = img.GetSpacing()
+    if len(set(size)) != 1 or not np.allclose(spacing, spacing[0]) or \
+            not np.allclose(np.array(img.GetDirection()), np.eye(3).ravel(), atol=1e-6):
+        raise AxonInputError(path, f"is not on a model grid (size {size}, spacing {spacing}); "
+                                   "pass an `axon reconstruct` output")
+    grid = VolumeGrid(size=size[0], fov_mm=float(spacing[0] * size[0]))
+    return hu_to_unit(sitk.GetArrayFromImage(img).astype(np.float32), grid), grid
+
+
+def ground_truth_on_grid(path: str | Path, grid: VolumeGrid, remove_bed: bool = True) -> np.ndarray:
+    from .ct_io import read_ct
+
+    return ct_to_model(read_ct(path), grid, remove_bed=remove_bed).array
+
+
+def evaluate_files(pred: str | Path, gt: str | Path, montage: str | Path | None = None) -> dict:
+    p, grid = load_prediction(pred)
+    g = ground_truth_on_grid(gt, grid)
+    result = {"prediction": str(pred), "ground_truth": str(gt), "grid": {"size": grid.size, "fov_mm": grid.fov_mm},
+              **compare(p, g, grid)}
+    if montage:
+        save_comparison_montage(g, {"prediction": p}, montage)
+        result["montage"] = str(montage)
+    return result
+
+
+def save_comparison_montage(gt: np.ndarray, preds: dict[str, np.ndarray], path: str | Path) -> Path:
+    """Rows: ground truth, then each prediction and its absolute difference (axial, coronal, sagittal)."""
+    rows = [[(f"truth {k}", v) for k, v in orthogonal_slices(gt).items()]]
+    for name, p in preds.items():
+        rows.append([(f"{name} {k}", v) for k, v in orthogonal_slices(p).items()])
+        diff = {k: np.abs(a - b) for (k, a), b in zip(orthogonal_slices(p).items(), orthogonal_slices(gt).values())}
+        rows.append([(f"|{name} - truth| {k}", (np.clip(v / 0.3, 0, 1) * 255).astype(np.uint8))
+                     for k, v in diff.items()])
+    return save_montage(rows, path, tile=160)
+
+
+# ----------------------------------------------------------------------------- whole split
+@dataclass
+class Method:
+    name: str
+    description: str
+
+
+def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str | Path, steps: int | None = None,
+                   seed: int = 0, views: str = "realistic", device: str = "cpu", lateral: bool = True,
+                   progress=None) -> dict:
+    """Every case of a split: the pipeline cut after each stage, the mean-CT atlas and (if trained)
+    the X2CT-style CNN, all on the final grid. Writes cases.csv, summary.json and montages."""
+    from .datasets import Augmentation, BatchMaker, CTCache
+    from .pipeline import AxonPipeline
+    from .xray_realism import RealismConfig
+
+    pipeline = AxonPipeline.load(weights, device)
+    preset = pipeline.preset
+    cache = CTCache(data, expected=preset.data)
+    ids = cache.case_ids(split)
+    if not ids:
+        raise AxonInputError(data, f"has no cases in the {split!r} split")
+    train_ids = set(pipeline.cards["coarse"]["trained_on"].get("cases", []))
+    aug = Augmentation.none()
+    if views == "realistic":
+        aug.realism = RealismConfig()
+    maker = BatchMaker(cache, ids, preset.sr.factor, aug)
+    atlas_ids = cache.case_ids("train") or ids
+    atlas = np.mean([cache.load(c)[0] for c in atlas_ids], axis=0)
+    baseline = _load_baseline(weights, preset, device)
+    grid = preset.data.grid
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, case in enumerate(ids):
+        gen = torch.Generator().manual_seed(seed + n)
+        item = maker.sample(case, gen)
+        gt = cache.load(case)[0]
+        v = item["views"].numpy()
+        mask = np.array([1.0, 1.0 if lateral else 0.0], np.float32)
+        preds = {"mean-CT atlas": atlas}
+        if baseline is not None:
+            preds["X2CT-style CNN"] = baseline.predict_final(v, mask)
+        rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress)
+        from .pipeline import _to_final_grid
+
+        for cut, label in (("coarse", "AXON stage I"), ("fine", "AXON stages I+II")):
+            t = torch.from_numpy(rec.cuts[cut])[None, None]
+            preds[label] = _to_final_grid(t, grid.size)[0, 0].numpy()
+        preds["AXON stages I+II+III"] = rec.mean
+        seen = "seen in training" if case in train_ids else "held out"
+        for method, pred in preds.items():
+            m = flat_metrics(compare(pred, gt, grid))
+            rows.append({"case": case, "method": method, "case_is": seen, **m})
+        save_comparison_montage(gt, {k: preds[k] for k in ("AXON stages I+II+III", "mean-CT atlas")},
+                                out / "montages" / f"{case}.png")
+    with atomic_path(out / "cases.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    summary = summarise(rows)
+    summary.update({"split": split, "cases": len(ids), "views": views, "lateral": lateral,
+                    "weights": str(weights), "preset": preset.name,
+                    "cases_seen_in_training": sorted(set(ids) & train_ids)})
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def summarise(rows: list[dict]) -> dict:
+    methods = {}
+    for r in rows:
+        methods.setdefault(r["method"], []).append(r)
+    table = {}
+    for name, rs in methods.items():
+        table[name] = {}
+        for key in ("psnr", "ssim", "psnr_x2ct", "ssim_x2ct", "mae_hu"):
+            vals = np.array([r[key] for r in rs], dtype=np.float64)
+            table[name][key] = {"mean": float(vals.mean()), "std": float(vals.std())}
+    return {"methods": table}
+
+
+def _load_baseline(weights, preset, device):
+    from .checkpoint import stage_paths
+
+    if not stage_paths(weights, "baseline")[0].exists():
+        return None
+    from .training import load_trained_stage
+
+    return load_trained_stage("baseline", weights, preset, device)
