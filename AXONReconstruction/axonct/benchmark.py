@@ -164,16 +164,32 @@ class PeakRSS:
         self._thread.join()
 
 
-def _flops(fn) -> int:
+def stage_flops(pipe, n: int) -> dict[str, int]:
+    """FLOPs of one network call per stage, counted on meta-device copies (no compute, any preset)."""
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
+    x = torch.zeros(1, 1, n, n, n, device="meta")
+    t = torch.zeros(1, dtype=torch.long, device="meta")
+    calls = {"coarse": lambda m: m.predict(x, x, t), "fine": lambda m: m(x, t, x), "sr": lambda m: m(x)}
+    out = {}
+    for name, module in (("coarse", pipe.coarse), ("fine", pipe.fine), ("sr", pipe.sr)):
+        meta = copy.deepcopy(module).to("meta")
+        with FlopCounterMode(display=False) as counter:
+            calls[name](meta)
+        out[name] = int(counter.get_total_flops())
+    return out
+
+
+def _pipeline_row(stage, steps, seconds, rss_mb, cuda_mb, flops) -> dict:
+    return {"stage": stage, "steps": steps, "seconds": seconds, "peak_rss_mb": rss_mb, "peak_cuda_mb": cuda_mb,
+            "gflop": round(flops / 1e9, 1),
+            "projected_h100_s": round(flops / (H100_BF16_DENSE_TFLOPS * 1e12 * ASSUMED_UTILISATION), 3)}
 
 
 def benchmark_pipeline(config: str = "cpu", weights: str | None = None, steps: int | None = None,
-                       device: str = "auto", samples: int = 1) -> dict:
+                       device: str = "auto", samples: int = 1, projection_only: bool = False) -> dict:
     """Wall time, peak memory and FLOPs of each stage for one reconstruction."""
     from .pipeline import AxonPipeline
     from .presets import load_preset
@@ -198,41 +214,34 @@ def benchmark_pipeline(config: str = "cpu", weights: str | None = None, steps: i
     def sr():
         state["x"] = upsample_tiled(pipe.sr, state["x"]).float()
 
-    x_small = torch.zeros(1, 1, n, n, n, device=dev)
-    t_one = torch.zeros(1, dtype=torch.long, device=dev)
-    per_call = {
-        "coarse": (_flops(lambda: pipe.coarse.predict(x_small, x_small, t_one)), c_steps),
-        "fine": (_flops(lambda: pipe.fine(x_small, t_one, x_small)), f_steps),
-        "sr": (_flops(lambda: pipe.sr(x_small)), 1),
-    }
+    flops_per_call = stage_flops(pipe, n)
+    steps_of = {"coarse": c_steps, "fine": f_steps, "sr": 1}
+    cuda = dev.type == "cuda"
     rows = []
     with torch.no_grad(), pipe._autocast():
         for name, fn in (("coarse", coarse), ("fine", fine), ("sr", sr)):
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                torch.cuda.synchronize()
-            with PeakRSS() as rss:
-                t = time.perf_counter()
-                for _ in range(samples):
-                    fn()
-                if dev.type == "cuda":
+            seconds = rss_mb = cuda_mb = None
+            if not projection_only:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                     torch.cuda.synchronize()
-                seconds = time.perf_counter() - t
-            flops = per_call[name][0] * per_call[name][1] * samples
-            rows.append({
-                "stage": name, "grid": f"{state['x'].shape[-1]}^3", "steps": per_call[name][1],
-                "seconds": round(seconds, 3), "peak_rss_mb": round(rss.peak / 2**20, 1),
-                "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if dev.type == "cuda" else None,
-                "gflop": round(flops / 1e9, 1),
-                "projected_h100_s": round(flops / (H100_BF16_DENSE_TFLOPS * 1e12 * ASSUMED_UTILISATION), 3),
-            })
-    total = {"stage": "total", "grid": rows[-1]["grid"], "steps": None,
-             "seconds": round(sum(r["seconds"] for r in rows), 3),
-             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
-             "peak_cuda_mb": rows[0]["peak_cuda_mb"] and max(r["peak_cuda_mb"] for r in rows),
-             "gflop": round(sum(r["gflop"] for r in rows), 1),
-             "projected_h100_s": round(sum(r["projected_h100_s"] for r in rows), 3)}
-    rows.append(total)
+                with PeakRSS() as rss:
+                    t = time.perf_counter()
+                    for _ in range(samples):
+                        fn()
+                    if cuda:
+                        torch.cuda.synchronize()
+                    seconds = round(time.perf_counter() - t, 3)
+                rss_mb = round(rss.peak / 2**20, 1)
+                cuda_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
+            rows.append(_pipeline_row(name, steps_of[name], seconds, rss_mb, cuda_mb,
+                                      flops_per_call[name] * steps_of[name] * samples))
+    total_flops = sum(r["gflop"] for r in rows) * 1e9
+    measured = [r for r in rows if r["seconds"] is not None]
+    rows.append(_pipeline_row(
+        "total", None, round(sum(r["seconds"] for r in measured), 3) if measured else None,
+        max(r["peak_rss_mb"] for r in measured) if measured else None,
+        max(r["peak_cuda_mb"] for r in measured) if measured and cuda else None, total_flops))
     return {"benchmark": "pipeline", "preset": p.name, "weights": weights or "untrained (same cost)",
             "device": str(dev), "samples": samples, "machine": machine_info(), "rows": rows,
             "goals": {"cpu_128": "<= 600 s on 2 cores", "h100_256": "<= 5 s at <= 12 GB"},

@@ -110,7 +110,8 @@ def cmd_benchmark(args) -> int:
     if args.what == "drr":
         result = benchmark_drr(tuple(args.sizes), args.device, args.repeats)
     else:
-        result = benchmark_pipeline(args.config, args.weights, args.steps, args.device, args.samples)
+        result = benchmark_pipeline(args.config, args.weights, args.steps, args.device, args.samples,
+                                    projection_only=args.projection_only)
     print_table(result)
     if args.json:
         save_result(result, args.json)
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pipeline: a weights folder instead of --config")
     p.add_argument("--steps", type=int, help="pipeline: sampling steps (default: the preset's)")
     p.add_argument("--samples", type=int, default=1, help="pipeline: number of samples")
+    p.add_argument("--projection-only", action="store_true",
+                   help="pipeline: count FLOPs and project GPU time without running (e.g. --config paper on a CPU)")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="drr: CT/detector sizes")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--repeats", type=int, default=5)

@@ -75,6 +75,8 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
 
     out = Path(req.out)
     output_format(out)  # refuse an unsupported output name before any work
+    if req.samples < 1:
+        raise AxonInputError(None, "--samples must be at least 1")
     weights = Path(req.weights) if req.weights else default_weights_dir()
     device = resolve_device(req.device)
     progress.message(f"loading weights from {weights} on {device}")
@@ -106,26 +108,49 @@ def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, p
                   seconds: float) -> dict:
     import SimpleITK as sitk
 
-    from .ct_preprocess import unit_to_hu
-
     out = Path(req.out)
     grid = rec.preset.data.grid
     volume = rec.volume().to_hu_image()
-    files = {"volume": str(out)}
-    write_volume(volume, out)
-    if rec.std is not None:
-        std_img = sitk.GetImageFromArray((rec.std * (grid.hu_max - grid.hu_min)).astype(np.float32))
-        std_img.CopyInformation(volume)  # the spread in HU, on the same grid
-        std_path = sibling(out, "std")
-        write_volume(std_img, std_path, "AXON voxel-wise standard deviation")
-        files["std"] = str(std_path)
     report_path = sibling(out, "report")
     report_path = report_path.with_name(report_path.name.split(".")[0] + ".json")
+    files = {"volume": str(out)}
+    if rec.std is not None:
+        files["std"] = str(sibling(out, "std"))
     files["report"] = str(report_path)
-    report = {
+    written: list[Path] = []  # only what this run wrote is removed on failure
+    try:
+        report = _report(rec, req, weights, pipeline, seconds, volume, files)
+        written.append(write_volume(volume, out))
+        if rec.std is not None:
+            std_img = sitk.GetImageFromArray((rec.std * (grid.hu_max - grid.hu_min)).astype(np.float32))
+            std_img.CopyInformation(volume)  # the spread in HU, on the same grid
+            written.append(write_volume(std_img, files["std"], "AXON voxel-wise standard deviation"))
+        write_text(report_path, json.dumps(report, indent=2))
+    except BaseException:
+        _remove(written)  # all outputs or none
+        raise
+    return report
+
+
+def _remove(paths) -> None:
+    import shutil
+
+    for p in map(Path, paths):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
+    from .ct_preprocess import unit_to_hu
+
+    grid = rec.preset.data.grid
+    return {
         "inputs": {"frontal": req.frontal, "lateral": req.lateral},
         "weights": str(weights),
-        "weights_trained_on": pipeline.cards["coarse"].get("trained_on", {}).get("description"),
+        "weights_trained_on": {k: pipeline.cards["coarse"].get("trained_on", {}).get(k)
+                               for k in ("cases", "steps_done")},
         "preset": rec.preset.name,
         "samples": req.samples, "seed": req.seed, "steps": req.steps,
         "grid": {"size": grid.size, "fov_mm": grid.fov_mm, "spacing_mm": grid.spacing_mm,
@@ -136,8 +161,6 @@ def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, p
         "files": files,
         "note": "research use only; not for diagnosis",
     }
-    write_text(report_path, json.dumps(report, indent=2))
-    return report
 
 
 def main_reconstruct(req: ReconstructRequest) -> int:

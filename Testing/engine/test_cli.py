@@ -24,10 +24,13 @@ def axon(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command,expected", [
-    ([], ["demo", "drr", "prepare", "benchmark", "fetch-data"]),
+    ([], ["demo", "reconstruct", "evaluate", "train", "drr", "prepare", "benchmark", "fetch-data"]),
     (["drr"], ["--ct", "--out", "--views", "--realism", "--preset", "--sid", "--keep-bed"]),
     (["prepare"], ["--ct", "--out", "--workers", "--train-list", "--test-list", "--seed"]),
-    (["benchmark"], ["drr", "--sizes", "--device", "--json"]),
+    (["benchmark"], ["drr", "pipeline", "--sizes", "--device", "--json", "--projection-only"]),
+    (["reconstruct"], ["--frontal", "--lateral", "--out", "--weights", "--steps", "--samples", "--seed", "--device"]),
+    (["evaluate"], ["--pred", "--gt", "--data", "--split", "--weights"]),
+    (["train"], ["coarse", "baseline", "--data", "--config", "--resume"]),
     (["demo"], ["--out"]),
     (["fetch-data"], ["--dir"]),
 ])
@@ -79,3 +82,16 @@ def test_benchmark_drr_reports_a_table_and_json(tmp_path):
     assert data["benchmark"] == "drr" and data["rows"][0]["ct"] == "32^3"
     assert data["rows"][0]["median_s"] > 0 and "machine" in data
     assert "median_s" in proc.stdout
+
+
+def test_benchmark_pipeline_reports_each_stage(tmp_path):
+    result = tmp_path / "pipe.json"
+    axon("benchmark", "pipeline", "--config", "tiny", "--steps", "2", "--device", "cpu", "--json", str(result))
+    data = json.loads(result.read_text())
+    assert [r["stage"] for r in data["rows"]] == ["coarse", "fine", "sr", "total"]
+    for r in data["rows"]:
+        assert r["seconds"] > 0 and r["peak_rss_mb"] > 0 and r["gflop"] > 0 and r["projected_h100_s"] >= 0
+    assert data["rows"][-1]["gflop"] == pytest.approx(sum(r["gflop"] for r in data["rows"][:3]), abs=0.2)
+    axon("benchmark", "pipeline", "--config", "tiny", "--projection-only", "--json", str(result))
+    projected = json.loads(result.read_text())["rows"]
+    assert all(r["seconds"] is None for r in projected) and projected[-1]["gflop"] > 0
