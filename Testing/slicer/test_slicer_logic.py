@@ -1,0 +1,344 @@
+"""The module logic against real MRML (slicer-core) and the real engine worker on tiny weights (CPU).
+
+Radiographs are PNG DRRs of a cached synthetic chest, turned into volume nodes the way Slicer's reader
+does it (slicer-core has no ITK PNG reader, so PIL reads the pixels; the geometry is Slicer's: LPS
+identity from ITK -> IJK-to-RAS directions diag(-1, -1, 1), spacing 1; grey -> scalar volume,
+RGB -> vector volume). The ground truth is the chest CT the DRRs were rendered from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install slicer-core)")
+sitk = pytest.importorskip("SimpleITK")
+
+from AXONReconstructionLib import mrmlio  # noqa: E402
+from AXONReconstructionLib.logic import (ATTR_REPORT, REF_UNCERTAINTY, ReconstructionLogic,  # noqa: E402
+                                         _Job)
+
+FOV_HALF = 157.5  # (64 - 1) / 2 * 5 mm: the tiny preset's cube, centred on the isocenter
+
+
+def png_node(path: Path, name: str):
+    from PIL import Image
+
+    array = np.asarray(Image.open(path))
+    cls = "vtkMRMLVectorVolumeNode" if array.ndim == 3 else "vtkMRMLScalarVolumeNode"
+    node = slicer.mrmlScene.AddNewNodeByClass(cls, name)
+    node.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array[None]))
+    return node
+
+
+def image_node(image, name: str):
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    mrmlio.updateVolumeNodeFromImage(node, image)
+    return node
+
+
+@pytest.fixture(scope="module")
+def case(tiny_cache, tmp_path_factory) -> dict:
+    """Frontal (16-bit grey PNG) and lateral (8-bit RGB PNG) DRRs of one cached case, and its CT."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("xr")
+    case_dir = sorted((tiny_cache / "cases").iterdir())[0]
+    drr = np.load(case_dir / "drr.npy")
+    frontal = (drr[0] / drr[0].max() * 65535).astype(np.uint16)
+    Image.fromarray(frontal).save(folder / "frontal.png")
+    lateral = (drr[1] / drr[1].max() * 255).astype(np.uint8)
+    Image.fromarray(np.stack([lateral] * 3, axis=-1)).save(folder / "lateral.png")
+    ct = Path(json.loads((case_dir / "case.json").read_text())["source"])
+    assert ct.exists()
+    return {"frontal": folder / "frontal.png", "lateral": folder / "lateral.png", "ct": ct}
+
+
+def _logic(tmp_path: Path) -> tuple[ReconstructionLogic, Path]:
+    temp_root = tmp_path / "temp"
+    temp_root.mkdir()
+    return ReconstructionLogic(tempRoot=temp_root, environment={"OMP_NUM_THREADS": "1"}), temp_root
+
+
+def _segment_voxels(segmentation_node, name: str) -> int:
+    from vtk.util import numpy_support
+
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+    image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return int((voxels == segment.GetLabelValue()).sum())
+
+
+# --------------------------------------------------------------------------- the whole path, one worker run
+def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path):
+    from axonct.ct_preprocess import unit_to_hu
+    from axonct.evaluation import compare as engine_compare
+    from axonct.evaluation import flat_metrics, ground_truth_on_grid
+    from AXONReconstructionLib.segmentation import threshold_masks
+
+    logic, temp_root = _logic(tmp_path)
+    frontal, lateral = png_node(case["frontal"], "frontal PNG"), png_node(case["lateral"], "lateral PNG")
+    assert lateral.IsA("vtkMRMLVectorVolumeNode")
+
+    logic.startReconstruction(frontal, lateral, weightsPath=tiny_weights, steps=2, samples=2, seed=3, device="cpu")
+    assert logic.isRunning() and len(list(temp_root.iterdir())) == 1
+    events = []
+    final = logic.waitForCompletion(timeout_s=1200, onEvent=events.append)
+    assert final["type"] == "done", final
+    assert not logic.isRunning() and list(temp_root.iterdir()) == []
+
+    progress = [e for e in events if e["type"] == "progress"]
+    assert {e["stage"] for e in progress} == {"coarse", "fine", "sr"}
+    assert {e["sample"] for e in progress} == {1, 2} and {e["samples"] for e in progress} == {2}
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert any(e["type"] == "message" for e in events)
+
+    # ---- the volume node: 64^3, 5 mm, RAS geometry = the LPS file's geometry with x and y flipped
+    ct = final["volumeNode"]
+    assert ct.GetName() == "AXON CT from frontal PNG + lateral PNG"
+    assert ct.GetImageData().GetDimensions() == (64, 64, 64)
+    assert np.allclose(ct.GetSpacing(), (5.0, 5.0, 5.0))
+    expected = np.array([[-5, 0, 0, FOV_HALF], [0, -5, 0, FOV_HALF], [0, 0, 5, -FOV_HALF], [0, 0, 0, 1]], float)
+    assert np.allclose(mrmlio.ijkToRas(ct), expected)
+    as_file = mrmlio.imageFromVolumeNode(ct)
+    assert np.allclose(as_file.GetOrigin(), (-FOV_HALF,) * 3) and np.allclose(as_file.GetDirection(), np.eye(3).ravel())
+    hu = slicer.util.arrayFromVolume(ct)
+    assert np.isfinite(hu).all() and hu.min() >= -1024.5 and hu.max() <= 1476.5
+    display = ct.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == (1500.0, -400.0)
+    report = json.loads(ct.GetAttribute(ATTR_REPORT))
+    assert report["samples"] == 2 and report["seed"] == 3
+    assert report["reprojection_consistency"]["lateral"]["given"]
+    std = final["uncertaintyNode"]
+    assert std is not None and ct.GetNodeReference(REF_UNCERTAINTY).GetID() == std.GetID()
+    assert np.allclose(mrmlio.ijkToRas(std), expected)
+    sd = slicer.util.arrayFromVolume(std)
+    assert np.isfinite(sd).all() and sd.min() >= 0 and sd.max() > 0
+
+    # ---- compare: the same numbers as the engine's evaluation on the same data
+    truth_image = sitk.ReadImage(str(case["ct"]))
+    gt = image_node(truth_image, "ground truth CT")
+    data_nodes = lambda: sum(scene.GetNodesByClass(c).GetNumberOfItems()  # noqa: E731
+                             for c in ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode"))
+    nodes_before = data_nodes()
+    result = logic.compare(ct, gt)
+    grid = mrmlio.modelGridOf(ct)
+    assert (grid.size, grid.fov_mm) == (64, 320.0)
+    gt_unit = ground_truth_on_grid(case["ct"], grid)
+    from axonct.ct_preprocess import hu_to_unit
+
+    reference = engine_compare(hu_to_unit(hu.astype(np.float32), grid), gt_unit, grid)
+    got, want = flat_metrics(result["metrics"]), flat_metrics(reference)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    truth_on_grid = slicer.util.arrayFromVolume(result["groundTruthOnGridNode"])
+    assert np.allclose(truth_on_grid, unit_to_hu(gt_unit, grid), atol=1e-3)
+    diff = slicer.util.arrayFromVolume(result["differenceNode"])
+    assert np.allclose(diff, np.clip(hu, -1024, 1476) - truth_on_grid, atol=1e-2)
+    for node in (result["differenceNode"], result["groundTruthOnGridNode"]):
+        assert np.allclose(mrmlio.ijkToRas(node), expected)
+    table = result["tableNode"]
+    assert table.GetNumberOfRows() == 6 and table.GetNumberOfColumns() == 4
+    values = {table.GetCellText(r, 0): float(table.GetCellText(r, 1)) for r in range(6)}
+    assert values["PSNR (honest)"] == pytest.approx(want["psnr"], rel=1e-4)
+    assert values["SSIM (X2CT convention)"] == pytest.approx(want["ssim_x2ct"], rel=1e-4)
+    assert values["MAE"] == pytest.approx(want["mae_hu"], rel=1e-4)
+    assert data_nodes() == nodes_before + 3
+    logic.compare(ct, gt)  # again: the same three nodes are updated, none added
+    assert data_nodes() == nodes_before + 3
+    assert "PSNR" in logic.metricsText(result["metrics"]) and "X2CT" in logic.metricsText(result["metrics"])
+
+    # ---- export: NRRD, NIfTI, DICOM series; read back with the same geometry and values
+    out = tmp_path / "export"
+    for fmt in ("nrrd", "nifti", "dicom"):
+        paths = logic.exportVolume(ct, out, fmt)
+        assert len(paths) == 2 and all(p.exists() for p in paths) and "_std" in paths[1].name
+        if fmt == "dicom":
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(paths[0])))
+            image, tolerance = reader.Execute(), 0.51  # stored as integers
+        else:
+            image, tolerance = sitk.ReadImage(str(paths[0])), 1e-3
+        assert image.GetSize() == (64, 64, 64) and np.allclose(image.GetSpacing(), (5.0,) * 3)
+        assert np.allclose(image.GetOrigin(), (-FOV_HALF,) * 3, atol=1e-3)
+        assert np.allclose(sitk.GetArrayFromImage(image), hu, atol=tolerance)
+    assert {p.name for p in out.iterdir()} >= {"AXON_CT_from_frontal_PNG_lateral_PNG.nrrd",
+                                               "AXON_CT_from_frontal_PNG_lateral_PNG.nii.gz",
+                                               "AXON_CT_from_frontal_PNG_lateral_PNG"}
+
+    # ---- segmentation: body, lungs, bone on the reconstruction's grid
+    segmentation = logic.createSegmentation(ct)
+    names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+    assert names == ["body", "lungs", "bone"]
+    masks = threshold_masks(hu, (5.0, 5.0, 5.0), axial_axis=0)
+    for name in names:
+        assert _segment_voxels(segmentation, name) == int(masks[name].sum()), name
+    assert _segment_voxels(segmentation, "body") > 0
+    # the chest the views came from, on the same grid, has all three with plausible proportions
+    truth_segments = logic.createSegmentation(result["groundTruthOnGridNode"])
+    body, lungs, bone = (_segment_voxels(truth_segments, n) for n in ("body", "lungs", "bone"))
+    assert body > lungs > 0 and body > bone > 0
+    assert logic.createSegmentation(ct).GetID() == segmentation.GetID()  # re-run updates the same node
+
+
+# --------------------------------------------------------------------------- cancel
+def test_cancel_mid_run_leaves_no_node_and_no_temporary_files(scene, tiny_weights, case, tmp_path):
+    logic, temp_root = _logic(tmp_path)
+    frontal = png_node(case["frontal"], "frontal PNG")
+    nodes_before = scene.GetNumberOfNodes()
+    logic.startReconstruction(frontal, weightsPath=tiny_weights, steps=400, device="cpu")
+    pid = logic._job.process.pid
+    deadline = time.time() + 600
+    started = False
+    while not started:
+        assert time.time() < deadline, "no progress from the worker"
+        started = any(e["type"] == "progress" and e["stage"] == "coarse" and e["step"] >= 2 for e in logic.poll())
+        time.sleep(0.2)
+    assert logic.cancel()
+    assert not logic.isRunning() and logic.poll() == [] and not logic.cancel()
+    assert scene.GetNumberOfNodes() == nodes_before
+    assert list(temp_root.iterdir()) == []
+    if os.name != "nt":
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # the worker's whole process group is gone
+
+
+# --------------------------------------------------------------------------- errors
+def test_worker_input_error_becomes_a_readable_message(scene, tiny_weights, tmp_path):
+    logic, temp_root = _logic(tmp_path)
+    small = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "thumbnail")
+    slicer.util.updateVolumeFromArray(small, np.arange(100, dtype=np.uint8).reshape(1, 10, 10))
+    nodes_before = scene.GetNumberOfNodes()
+    logic.startReconstruction(small, weightsPath=tiny_weights, device="cpu")
+    final = logic.waitForCompletion(timeout_s=600)
+    assert final["type"] == "error" and final["returncode"] == 2
+    assert final["message"] == "'thumbnail': is only 10x10 pixels, too small to be a radiograph"
+    assert scene.GetNumberOfNodes() == nodes_before and list(temp_root.iterdir()) == []
+
+
+def test_inputs_refused_before_any_process_starts(scene, tiny_weights, case, tmp_path):
+    logic, temp_root = _logic(tmp_path)
+    frontal = png_node(case["frontal"], "frontal PNG")
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "a CT")
+    slicer.util.updateVolumeFromArray(volume, np.zeros((20, 30, 40), np.int16))
+    cases = [
+        (dict(frontalNode=None), "frontal"),
+        (dict(frontalNode=volume), "'a CT' is a 3-D volume (40x30x20 voxels), not a radiograph"),
+        (dict(frontalNode=frontal, lateralNode=frontal), "same image"),
+        (dict(frontalNode=frontal, weightsPath=tmp_path / "nowhere"), "weights folder not found"),
+        (dict(frontalNode=frontal, device="tpu"), "device"),
+    ]
+    for kwargs, phrase in cases:
+        kwargs.setdefault("weightsPath", tiny_weights)
+        with pytest.raises(ValueError, match=None) as info:
+            logic.startReconstruction(**kwargs)
+        assert phrase in str(info.value), (phrase, str(info.value))
+        assert not logic.isRunning() and list(temp_root.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- small pieces
+def test_radiograph_node_reaches_the_engine_with_its_pixels(scene, case, tmp_path):
+    from axonct.radiograph_io import read_radiograph
+
+    for key in ("frontal", "lateral"):
+        node = png_node(case[key], key)
+        path = tmp_path / f"{key}.nrrd"
+        mrmlio.writeRadiograph(node, path)
+        assert np.array_equal(read_radiograph(path).pixels, read_radiograph(case[key]).pixels)
+
+
+def test_an_unmodified_dicom_radiograph_goes_to_the_engine_as_its_file(scene):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm")  # MONOCHROME1: the node keeps the stored (inverted) values
+    volumes = slicer.vtkSlicerVolumesLogic()
+    volumes.SetMRMLScene(scene)
+    node = volumes.AddArchetypeVolume(path, "CR", 4)
+    assert node is not None
+    assert ReconstructionLogic.sourceFileForRadiograph(node) == path
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(slicer.util.arrayFromVolume(node)[:, ::2, ::2]))
+    assert ReconstructionLogic.sourceFileForRadiograph(node) is None  # edited: its pixels are used
+
+
+def test_progress_events_cover_the_run_in_order():
+    logic = ReconstructionLogic()
+    job = _Job(process=None, tempDir=Path("."), outPath=Path("x.nrrd"), name="x", samples=2, outputNodeID=None,
+               inputPaths={})
+    fractions = []
+    for k in (1, 2):
+        for stage, total in (("coarse", 4), ("fine", 4), ("sr", 2)):
+            for step in range(1, total + 1):
+                e = logic._progressEvent({"stage": f"{stage} (sample {k}/2)", "step": step, "total": total,
+                                          "eta_s": 1.0}, job)
+                assert (e["stage"], e["sample"], e["samples"]) == (stage, k, 2)
+                fractions.append(e["fraction"])
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    e = logic._progressEvent({"stage": "fine", "step": 3, "total": 20, "eta_s": 12.0},
+                             _Job(None, Path("."), Path("x"), "x", 1, None, {}))
+    assert e["text"] == "Stage II (fine): step 3/20, about 12 s left in this stage"
+
+
+def test_segmentation_masks_of_a_synthetic_chest():
+    from synthetic import synthetic_chest
+
+    from AXONReconstructionLib.segmentation import threshold_masks
+
+    image = synthetic_chest(shape=(40, 48, 48), spacing=(6.0, 6.0, 6.0), seed=1)
+    hu = sitk.GetArrayFromImage(image)
+    masks = threshold_masks(hu, (6.0, 6.0, 6.0), axial_axis=0)
+    body, lungs, bone = masks["body"], masks["lungs"], masks["bone"]
+    assert (lungs <= body).all() and (bone <= body).all()
+    truth_lungs = hu < -500
+    truth_lungs &= np.isclose(hu, -850, atol=40)
+    assert abs(int(lungs.sum()) - int(truth_lungs.sum())) < 0.1 * truth_lungs.sum()
+    assert abs(int(bone.sum()) - int((hu > 300).sum())) < 0.1 * (hu > 300).sum()
+    with pytest.raises(ValueError, match="no body"):
+        threshold_masks(np.full((8, 8, 8), -1000.0, np.float32), (5.0, 5.0, 5.0))
+
+
+def test_bundled_weights_path_is_the_engines_default():
+    from axonct.worker import default_weights_dir
+
+    from AXONReconstructionLib.logic import BUNDLED_WEIGHTS
+
+    assert BUNDLED_WEIGHTS == default_weights_dir()
+    assert ReconstructionLogic.resolveWeights("") == default_weights_dir()
+    assert ReconstructionLogic.resolveWeights(Path(".")) == default_weights_dir()
+
+
+def test_dependency_list_matches_the_engine_requirements():
+    import re
+    import tomllib
+
+    from AXONReconstructionLib.dependencies import ENGINE_PACKAGES, missingPackages
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["train"]
+    name = lambda r: re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower()  # noqa: E731
+    assert sorted(name(r) for r in wanted) == sorted(name(r) for r in ENGINE_PACKAGES.values())
+    assert missingPackages() == {}  # this environment runs the engine
+
+
+def test_sample_data_sources_point_at_files_with_the_right_checksums():
+    import hashlib
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from AXONReconstructionLib.sampledata import sampleDataSources
+
+    sources = sampleDataSources(thumbnail="icon.png")
+    assert any("CR" in s["sampleName"] for s in sources)  # pydicom-data is a dev dependency
+    for s in sources:
+        path = Path(url2pathname(urlparse(s["uris"]).path))
+        assert s["uris"].startswith("file://") and path.is_file()
+        assert s["checksums"] == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        assert s["category"] == "AXON" and s["nodeNames"] and s["fileNames"]
