@@ -1,6 +1,7 @@
-"""Rewrite MODULE_PYTHON_SCRIPTS in AXONReconstruction/CMakeLists.txt from the module's Python files.
+"""Rewrite the file lists in AXONReconstruction/CMakeLists.txt from the module folder.
 
-Lists the module script, its Lib package and the engine (every .py below AXONReconstruction/).
+MODULE_PYTHON_SCRIPTS: every .py below AXONReconstruction/ (module script, its Lib, the engine).
+MODULE_PYTHON_RESOURCES: every file below AXONReconstruction/Resources/ (icons, .ui, weights).
 Run after adding or removing a file; Testing/engine/test_packaging.py fails until you do.
 """
 
@@ -9,8 +10,12 @@ from pathlib import Path
 
 module = Path(__file__).resolve().parents[1] / "AXONReconstruction"
 cmake = module / "CMakeLists.txt"
-files = sorted(p.relative_to(module).as_posix() for p in module.rglob("*.py") if "egg-info" not in p.as_posix())
-block = "set(MODULE_PYTHON_SCRIPTS\n" + "".join(f"  {f}\n" for f in files) + "  )"
-text = re.sub(r"set\(MODULE_PYTHON_SCRIPTS.*?\)", lambda _: block, cmake.read_text(), count=1, flags=re.S)
+scripts = sorted(p.relative_to(module).as_posix() for p in module.rglob("*.py")
+                 if "egg-info" not in p.as_posix() and "__pycache__" not in p.as_posix())
+resources = sorted(p.relative_to(module).as_posix() for p in (module / "Resources").rglob("*") if p.is_file())
+text = cmake.read_text()
+for variable, files in (("MODULE_PYTHON_SCRIPTS", scripts), ("MODULE_PYTHON_RESOURCES", resources)):
+    block = f"set({variable}\n" + "".join(f"  {f}\n" for f in files) + "  )"
+    text = re.sub(rf"set\({variable}.*?\)", lambda _: block, text, count=1, flags=re.S)
 cmake.write_text(text)
-print(f"{len(files)} Python files listed in {cmake}")
+print(f"{len(scripts)} Python files and {len(resources)} resources listed in {cmake}")

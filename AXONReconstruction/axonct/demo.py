@@ -18,8 +18,8 @@ from .atomic import atomic_dir
 from .ct_io import read_ct_with_meta
 from .ct_preprocess import ct_to_model
 from .drr import drr_from_unit_volume
-from .evaluation import compare, save_comparison_montage
-from .pipeline import AxonPipeline
+from .evaluation import compare, flat_metrics, save_comparison_montage
+from .pipeline import AxonPipeline, to_final_grid
 from .reprojection import consistency_report
 from .sample_data import sample_ct_path
 from .volume_export import write_volume
@@ -47,6 +47,10 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     rec = pipe.reconstruct(model_views, mask, steps=steps, seed=seed, progress=progress)
     seen = meta.get("patient_id") in pipe.cards["coarse"]["trained_on"].get("cases", [])
     metrics = compare(rec.mean, truth.array, data.grid)
+    metrics["stage_cuts"] = {  # what each stage adds (coarser grids resized only for the comparison)
+        label: flat_metrics(compare(to_final_grid(torch.from_numpy(rec.cuts[cut])[None, None],
+                                                   data.grid.size)[0, 0].numpy(), truth.array, data.grid))
+        for cut, label in (("coarse", "stage I"), ("fine", "stages I+II"), ("sr", "stages I+II+III"))}
     metrics["case"] = {"source": str(ct_path), "patient_id": meta.get("patient_id"),
                        "status": "seen in training" if seen else "held out"}
     metrics["reprojection_consistency"] = consistency_report(rec.mean, data.grid, data, model_views, mask)

@@ -144,7 +144,7 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     """Every case of a split: the pipeline cut after each stage, the mean-CT atlas and (if trained)
     the X2CT-style CNN, all on the final grid. Writes cases.csv, summary.json and montages."""
     from .datasets import Augmentation, BatchMaker, CTCache
-    from .pipeline import AxonPipeline
+    from .pipeline import AxonPipeline, to_final_grid
     from .xray_realism import RealismConfig
 
     pipeline = AxonPipeline.load(weights, device)
@@ -175,11 +175,9 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
         if baseline is not None:
             preds["X2CT-style CNN"] = baseline.predict_final(v, mask)
         rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress)
-        from .pipeline import _to_final_grid
-
         for cut, label in (("coarse", "AXON stage I"), ("fine", "AXON stages I+II")):
             t = torch.from_numpy(rec.cuts[cut])[None, None]
-            preds[label] = _to_final_grid(t, grid.size)[0, 0].numpy()
+            preds[label] = to_final_grid(t, grid.size)[0, 0].numpy()
         preds["AXON stages I+II+III"] = rec.mean
         seen = "seen in training" if case in train_ids else "held out"
         for method, pred in preds.items():

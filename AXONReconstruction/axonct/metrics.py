@@ -17,14 +17,17 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> f
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
-def _gaussian_window(size: int, sigma: float, dims: int, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
+def _gaussian_filter(x: torch.Tensor, win: int, sigma: float, dims: int) -> torch.Tensor:
+    """Valid-region Gaussian filter of [B, 1, ...] as one 1D convolution per axis (separable)."""
+    t = torch.arange(win, device=x.device, dtype=x.dtype) - (win - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
     g = g / g.sum()
-    w = g
-    for _ in range(dims - 1):
-        w = w[..., None] * g
-    return w[None, None]
+    conv = F.conv3d if dims == 3 else F.conv2d
+    for axis in range(dims):
+        shape = [1, 1] + [1] * dims
+        shape[2 + axis] = win
+        x = conv(x, g.view(shape))
+    return x
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, win: int = 11,
@@ -35,12 +38,11 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, win:
         pred, target = pred[None], target[None]
     pred, target = pred.double(), target.double()
     win = min(win, *pred.shape[2:])
-    w = _gaussian_window(win, sigma, dims, pred.device, pred.dtype)
-    conv = F.conv3d if dims == 3 else F.conv2d
-    mu_x, mu_y = conv(pred, w), conv(target, w)
-    sxx = conv(pred * pred, w) - mu_x**2
-    syy = conv(target * target, w) - mu_y**2
-    sxy = conv(pred * target, w) - mu_x * mu_y
+    filt = lambda v: _gaussian_filter(v, win, sigma, dims)  # noqa: E731
+    mu_x, mu_y = filt(pred), filt(target)
+    sxx = filt(pred * pred) - mu_x**2
+    syy = filt(target * target) - mu_y**2
+    sxy = filt(pred * target) - mu_x * mu_y
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return float(s.mean())

@@ -197,13 +197,13 @@ class AxonPipeline:
         unit = {k: ((torch.cat(v_, 0) + 1) / 2).clamp(0, 1).cpu() for k, v_ in collected.items() if v_}
         cuts = {k: u.mean(0)[0].numpy() for k, u in unit.items()}
         last = unit[stop_after]
-        final = last if stop_after == "sr" else _to_final_grid(last, self.preset.data.grid.size)
+        final = last if stop_after == "sr" else to_final_grid(last, self.preset.data.grid.size)
         mean = final.mean(0)[0].numpy()
         std = final.std(0, unbiased=True)[0].numpy() if samples > 1 else None
         return Reconstruction(mean, std, cuts, self.preset, views, view_mask, seconds)
 
 
-def _to_final_grid(unit: torch.Tensor, size: int) -> torch.Tensor:
+def to_final_grid(unit: torch.Tensor, size: int) -> torch.Tensor:
     """Trilinear resize of a coarser stage's output, only to compare stage cuts on one grid."""
     if unit.shape[-1] == size:
         return unit

@@ -22,6 +22,7 @@ def test_demo_reconstructs_the_real_case_and_labels_it(real_ct_path, tiny_weight
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["honest"]["psnr"] > 5 and 0 < saved["x2ct"]["ssim"] <= 1
     assert saved["reprojection_consistency"]["frontal"]["given"]
+    assert set(saved["stage_cuts"]) == {"stage I", "stages I+II", "stages I+II+III"}
 
     seen = tmp_path / "seen_weights"
     shutil.copytree(tiny_weights, seen)
