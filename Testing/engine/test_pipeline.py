@@ -155,3 +155,21 @@ def test_weights_for_a_different_preset_are_refused(tiny_weights, tmp_path):
     (mixed / "sr.json").write_text(json.dumps(card))
     with pytest.raises(AxonInputError, match="trained for preset 'tiny-variant', not 'tiny'"):
         AxonPipeline.load(mixed)
+
+
+def test_out_of_memory_gives_a_clear_message_and_no_output(tiny_weights, radiographs, tmp_path, monkeypatch, capsys):
+    """No GPU here: an allocator failure is simulated inside the pipeline run."""
+    from axonct import worker
+    from axonct.pipeline import AxonPipeline
+
+    def fail(self, *a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(AxonPipeline, "reconstruct", fail)
+    out = tmp_path / "recon.nrrd"
+    req = worker.ReconstructRequest(frontal=str(radiographs["frontal"]), out=str(out), weights=str(tiny_weights),
+                                    device="cpu", oom_fallback=True)
+    assert worker.main_reconstruct(req) == worker.EXIT_OOM
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--samples 1" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
