@@ -58,24 +58,6 @@ def tiny_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tiny_cache, tmp_path_factory) -> Path:
     """A weights folder with every stage trained a few steps at tiny scale (plumbing, not quality)."""
-    import shutil
+    from synthetic import train_tiny_weights
 
-    from axonct.presets import model_preset
-    from axonct.training import train
-
-    root = tmp_path_factory.mktemp("tiny_runs")
-    weights = root / "weights"
-    weights.mkdir()
-
-    def preset(steps):
-        p = model_preset("tiny")
-        p.train.steps, p.train.validate_every, p.train.val_cases, p.train.controlnet_cond_steps = steps, 10**6, 1, 2
-        return p
-
-    for stage, steps, extra in (("coarse", 4, {}), ("prior", 4, {}), ("sr", 4, {}), ("baseline", 4, {}),
-                                ("controlnet", 2, {"prior_dir": str(root / "prior"),
-                                                   "coarse_dir": str(root / "coarse")})):
-        train(stage, tiny_cache, preset(steps), root / stage, device="cpu", progress=False, **extra)
-        for suffix in (".safetensors", ".json"):
-            shutil.copy(root / stage / f"{stage}{suffix}", weights)
-    return weights
+    return train_tiny_weights(tiny_cache, tmp_path_factory.mktemp("tiny_runs"))

@@ -54,3 +54,29 @@ def synthetic_cache(root: Path, n_cases: int = 8, preset: str = "tiny", seed0: i
     prepare_cache([cts], root / "cache", data_preset(preset), workers=workers, progress=False,
                   val_fraction=0.25, test_fraction=0.0)
     return root / "cache"
+
+
+def train_tiny_weights(cache: Path, root: Path, with_baseline: bool = True) -> Path:
+    """A weights folder with every stage trained a few steps at tiny scale (plumbing, not quality)."""
+    import shutil
+
+    from axonct.presets import model_preset
+    from axonct.training import train
+
+    weights = root / "weights"
+    weights.mkdir(parents=True)
+
+    def preset(steps):
+        p = model_preset("tiny")
+        p.train.steps, p.train.validate_every, p.train.val_cases, p.train.controlnet_cond_steps = steps, 10**6, 1, 2
+        return p
+
+    stages = [("coarse", 4, {}), ("prior", 4, {}), ("sr", 4, {})]
+    if with_baseline:
+        stages.append(("baseline", 4, {}))
+    stages.append(("controlnet", 2, {"prior_dir": str(root / "prior"), "coarse_dir": str(root / "coarse")}))
+    for stage, steps, extra in stages:
+        train(stage, cache, preset(steps), root / stage, device="cpu", progress=False, **extra)
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(root / stage / f"{stage}{suffix}", weights)
+    return weights

@@ -1,9 +1,8 @@
 """Fixtures for the Slicer module tests: real MRML from `slicer-core` (pip), no Slicer application.
 
 These tests need `slicer-core` and `PySide6-Essentials`, which CI does not install yet, so they live
-apart from Testing/engine. The tiny-weights fixtures are the engine suite's (Testing/engine/conftest.py),
-copied here because a conftest's fixtures do not reach a sibling folder; the synthetic data helpers are
-imported from Testing/engine.
+apart from Testing/engine. A conftest's fixtures do not reach a sibling folder, so the thin fixtures
+are repeated here; what they build (synthetic cache, tiny weights) comes from Testing/engine/synthetic.py.
 """
 
 from __future__ import annotations
@@ -29,37 +28,17 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tiny_cache, tmp_path_factory) -> Path:
-    """A weights folder with the three inference stages trained a few steps at tiny scale
-    (plumbing, not quality); the engine suite's fixture without the baseline CNN, which
-    `axon reconstruct` does not use."""
-    import shutil
-
+    """The engine suite's tiny weights without the baseline CNN, which `axon reconstruct` does not use."""
     import torch
 
-    from axonct.presets import model_preset
-    from axonct.training import train
-
-    root = tmp_path_factory.mktemp("tiny_runs")
-    weights = root / "weights"
-    weights.mkdir()
-
-    def preset(steps):
-        p = model_preset("tiny")
-        p.train.steps, p.train.validate_every, p.train.val_cases, p.train.controlnet_cond_steps = steps, 10**6, 1, 2
-        return p
+    from synthetic import train_tiny_weights
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: see the engine suite's `one_thread`
     try:
-        for stage, steps, extra in (("coarse", 4, {}), ("prior", 4, {}), ("sr", 4, {}),
-                                    ("controlnet", 2, {"prior_dir": str(root / "prior"),
-                                                       "coarse_dir": str(root / "coarse")})):
-            train(stage, tiny_cache, preset(steps), root / stage, device="cpu", progress=False, **extra)
-            for suffix in (".safetensors", ".json"):
-                shutil.copy(root / stage / f"{stage}{suffix}", weights)
+        return train_tiny_weights(tiny_cache, tmp_path_factory.mktemp("tiny_runs"), with_baseline=False)
     finally:
         torch.set_num_threads(threads)
-    return weights
 
 
 @pytest.fixture
