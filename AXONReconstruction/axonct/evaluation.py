@@ -131,6 +131,37 @@ def save_comparison_montage(gt: np.ndarray, preds: dict[str, np.ndarray], path: 
     return save_montage(rows, path, tile=160)
 
 
+OBLIQUE_ANGLE_DEG = 45.0  # a view between PA and lateral that no model ever receives
+
+
+def drr_residuals(pred_unit: np.ndarray, gt_unit: np.ndarray, data, view_mask: np.ndarray) -> dict:
+    """DRR disagreement with the truth on the given input views and on a held-out oblique view:
+    matching the inputs only says the ray sums agree; the oblique view tests whether depth came out
+    right too. Each is sqrt(1 - r^2) of the line integrals (r: Pearson correlation), the part of the
+    truth's DRR that no affine intensity map of the prediction's DRR explains: 0 is a perfect match,
+    1 no relation. It ignores a global density scale (PSNR and MAE already count that)."""
+    from .config import VIEWS
+    from .drr import drr_from_unit_volume
+    from .geometry import view_at_angle, view_geometry
+
+    grid, geom = data.grid, data.geometry
+    names = [VIEWS[i] for i in range(len(VIEWS)) if float(view_mask[i]) > 0]
+    views = [view_geometry(n, geom) for n in names] + [view_at_angle(OBLIQUE_ANGLE_DEG, geom, "oblique")]
+    with torch.no_grad():
+        p = drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(pred_unit, np.float32)), grid, geom, views)
+        g = drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(gt_unit, np.float32)), grid, geom, views)
+    rel = [unexplained_fraction(a, b) for a, b in zip(p.double(), g.double())]
+    return {"input_residual": float(np.mean(rel[:-1])), "oblique_residual": float(rel[-1])}
+
+
+def unexplained_fraction(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """sqrt(1 - r^2): relative RMS error of the best affine fit of ``pred`` to ``truth``."""
+    a, b = pred.flatten() - pred.mean(), truth.flatten() - truth.mean()
+    den = float(a.norm() * b.norm())
+    r = float(a @ b) / den if den > 0 else 0.0
+    return math.sqrt(max(0.0, 1.0 - r * r))
+
+
 # ----------------------------------------------------------------------------- whole split
 @dataclass
 class Method:
@@ -140,9 +171,13 @@ class Method:
 
 def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str | Path, steps: int | None = None,
                    seed: int = 0, views: str = "realistic", device: str = "cpu", lateral: bool = True,
-                   progress=None) -> dict:
-    """Every case of a split: the pipeline cut after each stage, the mean-CT atlas and (if trained)
-    the X2CT-style CNN, all on the final grid. Writes cases.csv, summary.json and montages."""
+                   progress=None, consistency_strength: float = 1.0, ablation: bool = True,
+                   template: bool = True, max_cases: int | None = None) -> dict:
+    """Every case of a split, as an ablation on the final grid: the mean-CT atlas, the X2CT-style CNN
+    (if trained), the template fit alone, and the pipeline without and with reprojection consistency,
+    each cut after every stage. Columns: PSNR/SSIM in both conventions, MAE, and the DRR residuals
+    on the input views and on a held-out oblique view. Writes cases.csv, summary.json and montages."""
+    from .consistency import ConsistencyConfig
     from .datasets import Augmentation, BatchMaker, CTCache
     from .pipeline import AxonPipeline, to_final_grid
     from .xray_realism import RealismConfig
@@ -153,37 +188,57 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     ids = cache.case_ids(split)
     if not ids:
         raise AxonInputError(data, f"has no cases in the {split!r} split")
+    if max_cases is not None:
+        ids = ids[: max(1, int(max_cases))]
     train_ids = set(pipeline.cards["coarse"]["trained_on"].get("cases", []))
+    synthetic_from = cache.manifest.get("synthetic", {}).get("source") if isinstance(
+        cache.manifest.get("synthetic"), dict) else None
     aug = Augmentation.none()
     if views == "realistic":
         aug.realism = RealismConfig()
     maker = BatchMaker(cache, ids, preset.sr.factor, aug)
-    atlas_ids = cache.case_ids("train") or ids
+    atlas_ids = [c for c in (cache.case_ids("train") or ids) if c not in ids] or ids
     atlas = np.mean([cache.load(c)[0] for c in atlas_ids], axis=0)
     baseline = _load_baseline(weights, preset, device)
     grid = preset.data.grid
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    variants = [("AXON", None)]
+    if ablation or consistency_strength > 0:
+        variants = ([("AXON (no consistency)", None)] if ablation else []) + \
+                   [("AXON + consistency", ConsistencyConfig(strength=consistency_strength))]
     rows = []
     for n, case in enumerate(ids):
         gen = torch.Generator().manual_seed(seed + n)
         item = maker.sample(case, gen)
-        gt = cache.load(case)[0]
+        gt = cache.load(case)[0].astype(np.float32)
         v = item["views"].numpy()
         mask = np.array([1.0, 1.0 if lateral else 0.0], np.float32)
         preds = {"mean-CT atlas": atlas}
         if baseline is not None:
             preds["X2CT-style CNN"] = baseline.predict_final(v, mask)
-        rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress)
-        for cut, label in (("coarse", "AXON stage I"), ("fine", "AXON stages I+II")):
-            t = torch.from_numpy(rec.cuts[cut])[None, None]
-            preds[label] = to_final_grid(t, grid.size)[0, 0].numpy()
-        preds["AXON stages I+II+III"] = rec.mean
-        seen = "seen in training" if case in train_ids else "held out"
+        if template:
+            from .template_fit import fit_template
+
+            preds["template fit"] = fit_template(v, mask, preset.data, seed=seed + n).unit
+        for name, cfg in variants:
+            rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress, consistency=cfg)
+            for cut, label in (("coarse", "stage I"), ("fine", "stages I+II")):
+                t = torch.from_numpy(rec.cuts[cut])[None, None]
+                preds[f"{name}, {label}"] = to_final_grid(t, grid.size)[0, 0].numpy()
+            preds[f"{name}, stages I+II+III"] = rec.mean
+        if case in train_ids:
+            seen = "seen in training"
+        elif synthetic_from:
+            seen = f"held out (synthetic chest made from {synthetic_from})"
+        else:
+            seen = "held out"
         for method, pred in preds.items():
             m = flat_metrics(compare(pred, gt, grid))
-            rows.append({"case": case, "method": method, "case_is": seen, **m})
-        save_comparison_montage(gt, {k: preds[k] for k in ("AXON stages I+II+III", "mean-CT atlas")},
+            rows.append({"case": case, "method": method, "case_is": seen, **m,
+                         **drr_residuals(pred, gt, preset.data, mask)})
+        finals = [k for k in preds if k.endswith("stages I+II+III")]
+        save_comparison_montage(gt, {k: preds[k] for k in finals + ["mean-CT atlas"]},
                                 out / "montages" / f"{case}.png")
     with atomic_path(out / "cases.csv") as tmp:
         with open(tmp, "w", newline="") as f:
@@ -192,9 +247,12 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
             w.writerows(rows)
     summary = summarise(rows)
     summary.update({"split": split, "cases": len(ids), "views": views, "lateral": lateral,
-                    "weights": str(weights), "preset": preset.name,
-                    "cases_seen_in_training": sorted(set(ids) & train_ids)})
+                    "weights": str(weights), "preset": preset.name, "case_is": sorted({r["case_is"] for r in rows}),
+                    "cases_seen_in_training": sorted(set(ids) & train_ids),
+                    "consistency_strength": consistency_strength,
+                    "oblique_view_deg": OBLIQUE_ANGLE_DEG})
     write_text(out / "summary.json", json.dumps(summary, indent=2))
+    write_text(out / "summary.md", summary_table(summary))
     return summary
 
 
@@ -205,10 +263,34 @@ def summarise(rows: list[dict]) -> dict:
     table = {}
     for name, rs in methods.items():
         table[name] = {}
-        for key in ("psnr", "ssim", "psnr_x2ct", "ssim_x2ct", "mae_hu"):
-            vals = np.array([r[key] for r in rs], dtype=np.float64)
-            table[name][key] = {"mean": float(vals.mean()), "std": float(vals.std())}
+        for key in SUMMARY_KEYS:
+            vals = np.array([r[key] for r in rs if r.get(key) is not None], dtype=np.float64)
+            if vals.size:
+                table[name][key] = {"mean": float(vals.mean()), "std": float(vals.std())}
     return {"methods": table}
+
+
+SUMMARY_KEYS = ("psnr", "ssim", "psnr_x2ct", "ssim_x2ct", "mae_hu", "input_residual", "oblique_residual")
+
+
+def summary_table(summary: dict) -> str:
+    """The ablation as a Markdown table (mean +- std over cases), for README and reports."""
+    head = ("| method | PSNR dB | SSIM | PSNR dB (X2CT conv.) | SSIM (X2CT conv.) | MAE HU | "
+            "input-view residual | oblique residual |")
+    lines = [f"Cases: {summary.get('cases')} ({', '.join(summary.get('case_is', []))}), split "
+             f"{summary.get('split')!r}, views {summary.get('views')}, lateral {summary.get('lateral')}.", "",
+             head, "|" + "---|" * 8]
+    fmt = {"psnr": "{:.2f}", "ssim": "{:.3f}", "psnr_x2ct": "{:.2f}", "ssim_x2ct": "{:.3f}", "mae_hu": "{:.0f}",
+           "input_residual": "{:.3f}", "oblique_residual": "{:.3f}"}
+    for name, m in summary["methods"].items():
+        cells = []
+        for key in SUMMARY_KEYS:
+            if key in m:
+                cells.append((fmt[key] + " ± " + fmt[key]).format(m[key]["mean"], m[key]["std"]))
+            else:
+                cells.append("n/a")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _load_baseline(weights, preset, device):

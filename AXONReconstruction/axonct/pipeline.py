@@ -93,6 +93,7 @@ class Reconstruction:
     views: np.ndarray  # [2, P, P] model input views
     view_mask: np.ndarray  # [2]
     seconds: dict[str, float]
+    consistency: dict | None = None  # calibration per view and residuals, when consistency was on
 
     def volume(self, array: np.ndarray | None = None) -> ModelVolume:
         """The result (or another final-grid array) on the model grid, centred at the isocenter."""
@@ -160,7 +161,12 @@ class AxonPipeline:
 
     def reconstruct(self, views: np.ndarray, view_mask: np.ndarray, steps: int | None = None,
                     samples: int = 1, seed: int = 0, progress: ProgressFn | None = None,
-                    stop_after: str = "sr", coarse_guidance=None, fine_guidance=None) -> Reconstruction:
+                    stop_after: str = "sr", coarse_guidance=None, fine_guidance=None,
+                    consistency=None, start=None) -> Reconstruction:
+        """``consistency``: a `consistency.ConsistencyConfig` to steer both samplers towards agreement
+        with the input views (replaces the guidance arguments). ``start``: an optional [S,S,S] unit
+        volume on the final grid (e.g. a template fit) that replaces Stage I's output as Stage II's
+        starting point."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
         if stop_after not in STAGE_ORDER:
@@ -172,13 +178,30 @@ class AxonPipeline:
         collected: dict[str, list[torch.Tensor]] = {k: [] for k in STAGE_ORDER}
         coarse_steps = steps or self.preset.coarse.sample_steps
         fine_steps = steps or self.preset.prior.sample_steps
+        checker = None
+        if consistency is not None:
+            from .consistency import ViewConsistency
+
+            checker = ViewConsistency(views, view_mask, self.preset.data.diffusion_grid(self.preset.sr.factor),
+                                      self.preset.data.geometry, consistency)
+            coarse_guidance = checker.bridge_guidance(self.coarse.scheduler)
+            fine_guidance = checker.cg_guidance()
+        start_lo = None
+        if start is not None:
+            s_t = torch.from_numpy(np.ascontiguousarray(start, np.float32))[None, None] * 2 - 1
+            f = self.preset.sr.factor
+            start_lo = (F.avg_pool3d(s_t, f) if f > 1 else s_t).to(self.device)
         for k in range(samples):
             gen = torch.Generator().manual_seed(int(seed) * 1000 + k)
             tag = f" (sample {k + 1}/{samples})" if samples > 1 else ""
             with torch.no_grad(), self._autocast():
                 t = time.time()
-                x = self.coarse.sample(v, m, num_steps=coarse_steps, generator=gen, guidance=coarse_guidance,
-                                       progress=lambda i, n: progress("coarse" + tag, i, n)).float()
+                if start_lo is not None:
+                    x = start_lo.clone()
+                    progress("coarse" + tag, 0, 1)
+                else:
+                    x = self.coarse.sample(v, m, num_steps=coarse_steps, generator=gen, guidance=coarse_guidance,
+                                           progress=lambda i, n: progress("coarse" + tag, i, n)).float()
                 seconds["coarse"] += time.time() - t
                 collected["coarse"].append(x)
                 if stop_after != "coarse":
@@ -200,7 +223,8 @@ class AxonPipeline:
         final = last if stop_after == "sr" else to_final_grid(last, self.preset.data.grid.size)
         mean = final.mean(0)[0].numpy()
         std = final.std(0, unbiased=True)[0].numpy() if samples > 1 else None
-        return Reconstruction(mean, std, cuts, self.preset, views, view_mask, seconds)
+        report = checker.report(mean) if checker is not None else None
+        return Reconstruction(mean, std, cuts, self.preset, views, view_mask, seconds, report)
 
 
 def to_final_grid(unit: torch.Tensor, size: int) -> torch.Tensor:

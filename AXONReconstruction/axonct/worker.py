@@ -38,6 +38,9 @@ class ReconstructRequest:
     seed: int = 0
     device: str = "auto"
     oom_fallback: bool = False
+    consistency: bool = True  # steer the samplers towards agreement with the input views
+    consistency_strength: float = 1.0
+    start: str = "stage1"  # or "template": Stage II starts from a template fit instead of Stage I
 
 
 def default_weights_dir() -> Path:
@@ -83,9 +86,10 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
     pipeline = AxonPipeline.load(weights, device)
     views, mask = pipeline.model_views(req.frontal, req.lateral)
     t0 = time.time()
+    options = _sampling_options(req, pipeline, views, mask, progress)
     try:
         rec = pipeline.reconstruct(views, mask, steps=req.steps, samples=req.samples, seed=req.seed,
-                                   progress=progress)
+                                   progress=progress, **options)
     except Cancelled:
         raise
     except Exception as exc:
@@ -100,8 +104,30 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
         progress.message("out of GPU memory: falling back to the CPU (slower)")
         pipeline = AxonPipeline.load(weights, "cpu")
         rec = pipeline.reconstruct(views, mask, steps=req.steps, samples=req.samples, seed=req.seed,
-                                   progress=progress)
+                                   progress=progress, **options)
     return write_outputs(rec, req, weights, pipeline, time.time() - t0)
+
+
+def _sampling_options(req: ReconstructRequest, pipeline: AxonPipeline, views, mask, progress) -> dict:
+    """Consistency and start options of `AxonPipeline.reconstruct` from the request."""
+    options: dict = {}
+    if req.start not in ("stage1", "template"):
+        raise AxonInputError(None, f"--start must be stage1 or template, got {req.start!r}")
+    if req.consistency:
+        from .consistency import ConsistencyConfig
+
+        try:
+            options["consistency"] = ConsistencyConfig(strength=req.consistency_strength)
+        except ValueError as exc:
+            raise AxonInputError(None, str(exc)) from exc
+    if req.start == "template":
+        from .template_fit import fit_template
+
+        progress.message("fitting the template CT to the input views")
+        fit = fit_template(views, mask, pipeline.preset.data,
+                           progress=lambda i, n: progress("template", i, n))
+        options["start"] = fit.unit
+    return options
 
 
 def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
@@ -152,7 +178,8 @@ def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
         "weights_trained_on": {k: pipeline.cards["coarse"].get("trained_on", {}).get(k)
                                for k in ("cases", "steps_done")},
         "preset": rec.preset.name,
-        "samples": req.samples, "seed": req.seed, "steps": req.steps,
+        "samples": req.samples, "seed": req.seed, "steps": req.steps, "start": req.start,
+        "consistency": rec.consistency if req.consistency else "off",
         "grid": {"size": grid.size, "fov_mm": grid.fov_mm, "spacing_mm": grid.spacing_mm,
                  "origin_lps_mm": list(volume.GetOrigin()), "direction": "identity (LPS)"},
         "reprojection_consistency": consistency_report(rec.mean, grid, rec.preset.data, rec.views, rec.view_mask),

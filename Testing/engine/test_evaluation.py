@@ -65,12 +65,16 @@ def test_evaluate_files_puts_the_ground_truth_on_the_model_grid(tmp_path):
 def test_evaluate_split_compares_methods_and_stage_cuts(tiny_cache, tiny_weights, tmp_path):
     summary = evaluate_cache(tiny_cache, "val", tiny_weights, tmp_path / "eval", steps=2, views="clean")
     methods = set(summary["methods"])
-    assert methods == {"mean-CT atlas", "X2CT-style CNN", "AXON stage I", "AXON stages I+II",
-                       "AXON stages I+II+III"}
+    cuts = ("stage I", "stages I+II", "stages I+II+III")
+    assert methods == {"mean-CT atlas", "X2CT-style CNN", "template fit",
+                       *(f"{v}, {c}" for v in ("AXON (no consistency)", "AXON + consistency") for c in cuts)}
     rows = list(csv.DictReader(open(tmp_path / "eval" / "cases.csv")))
-    assert len(rows) == 5 * summary["cases"]
+    assert len(rows) == len(methods) * summary["cases"]
     assert all(r["case_is"] == "held out" for r in rows)
     for r in rows:
         assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1
+        assert 0 <= float(r["input_residual"]) <= 1 and 0 <= float(r["oblique_residual"]) <= 1
+    table = (tmp_path / "eval" / "summary.md").read_text()
+    assert "| template fit |" in table and "oblique residual" in table
     assert len(list((tmp_path / "eval" / "montages").glob("*.png"))) == summary["cases"]
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["split"] == "val"
