@@ -1,5 +1,4 @@
 import enum
-import logging
 import os
 import pathlib
 from typing import Annotated
@@ -65,21 +64,87 @@ comes from the pydicom-data package. The panel follows the 3D Slicer scripted mo
 
 
 def registerSampleData():
-    """Offer the sample chest CT and chest CR in the Sample Data module, when they are on this computer
-    (see AXONReconstructionLib/sampledata.py: no public download address is known for them)."""
+    """Offer the AXON sample case in the Sample Data module: one button loads a real chest CT, its
+    frontal and lateral DRRs (computed by the engine) and a real chest CR; a second button loads the CR
+    alone. Files come from local copies when present, else from public HTTPS addresses with SHA-256
+    checksums (see AXONReconstructionLib/sampledata.py)."""
     import SampleData
 
     from AXONReconstructionLib.sampledata import CATEGORY, sampleDataSources
 
     icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "AXONReconstruction.png")
-    sources = sampleDataSources(thumbnail=icon)
-    if not sources:
-        logging.info("AXON: no sample data on this computer (run `axon fetch-data`, or install pydicom-data)")
-        return
     if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):  # Slicer >= 5.12
         SampleData.SampleDataLogic.registerCustomSampleDataCategory(CATEGORY, title=_("AXON"))
-    for source in sources:
+    for source in sampleDataSources(thumbnail=icon, customDownloader=loadSampleCase):
         SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
+
+
+def loadSampleCase(source=None):
+    """Sample Data button: load the sample case and select it in the AXON panel (frontal and lateral
+    DRRs as inputs, the CT as ground truth), so Reconstruct is the next click."""
+    if not ensureDependencies():  # the DRRs are computed by the engine
+        return None
+    logic = AXONReconstructionLogic()
+    cache = slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()
+    nodes = None
+    with slicer.util.tryWithErrorDisplay(_("Failed to load the AXON sample case."), waitCursor=True):
+        def log(text):
+            slicer.util.showStatusMessage(text, 3000)
+            slicer.app.processEvents()
+
+        def progress(done, total):
+            log(_("Downloading sample data: {done:.0f} of {total} MB").format(
+                done=done / 1e6, total=f"{total / 1e6:.0f}" if total else "?"))
+
+        nodes = logic.loadSampleCase(cache, log=log, progress=progress)
+        slicer.util.setSliceViewerLayers(background=nodes["ct"], fit=True)
+        parameters = logic.getParameterNode()
+        parameters.frontalVolume = nodes["frontal"]
+        parameters.lateralVolume = nodes["lateral"]
+        parameters.groundTruthVolume = nodes["ct"]
+        slicer.util.selectModule("AXONReconstruction")
+        slicer.util.showStatusMessage(_("AXON sample case loaded: press Reconstruct."), 5000)
+    return nodes
+
+
+#
+# Dependencies (installed on first use, after the user agrees)
+#
+
+
+def ensureDependencies() -> bool:
+    """Install the engine's Python packages on first use, with the user's consent. torch comes from
+    the PyTorch extension (it picks the CUDA build matching the GPU); the rest with pip at the versions
+    the engine is tested with, only the missing ones, so no package that Slicer ships is replaced."""
+    from AXONReconstructionLib.dependencies import TORCH_REQUIREMENT, missingPackages, pipRequirements
+
+    missing = missingPackages()
+    if not missing:
+        return True
+    if not slicer.util.confirmOkCancelDisplay(
+            _("AXON needs Python packages that are not installed yet:\n{packages}\n\n"
+              "Install them now? This downloads several hundred MB (PyTorch) and may take a few minutes.")
+            .format(packages=", ".join(sorted(missing.values()))),
+            windowTitle=_("AXON: install dependencies")):
+        return False
+    with slicer.util.tryWithErrorDisplay(_("Failed to install the required Python packages."), waitCursor=True):
+        if "torch" in missing:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError(_("AXON needs PyTorch: install the 'PyTorch' extension in the Extensions "
+                                     "Manager, restart Slicer, and try again.")) from None
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("PyTorch was not installed."))
+        rest = pipRequirements(missing)
+        if rest:
+            slicer.util.pip_install(rest)
+    still = missingPackages()
+    if still:
+        slicer.util.errorDisplay(_("Still missing: {packages}").format(packages=", ".join(sorted(still))))
+    return not still
 
 
 #
@@ -270,45 +335,10 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def _setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
 
-    # ------------------------------------------------------------------ dependencies
-    def ensureDependencies(self) -> bool:
-        """Install the engine's Python packages on first use, with the user's consent. torch comes from
-        the PyTorch extension (it picks the CUDA build matching the GPU); the rest with pip, only the
-        missing ones, so no package that Slicer ships is replaced."""
-        from AXONReconstructionLib.dependencies import TORCH_REQUIREMENT, missingPackages
-
-        missing = missingPackages()
-        if not missing:
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("AXON needs Python packages that are not installed yet:\n{packages}\n\n"
-                  "Install them now? This downloads several hundred MB (PyTorch) and may take a few minutes.")
-                .format(packages=", ".join(sorted(missing.values()))),
-                windowTitle=_("AXON: install dependencies")):
-            return False
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the required Python packages."), waitCursor=True):
-            if "torch" in missing:
-                try:
-                    import PyTorchUtils
-                except ImportError:
-                    raise RuntimeError(_("AXON needs PyTorch: install the 'PyTorch' extension in the Extensions "
-                                         "Manager, restart Slicer, and try again.")) from None
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-                if torch is None:
-                    raise RuntimeError(_("PyTorch was not installed."))
-            rest = [requirement for module, requirement in missing.items() if module != "torch"]
-            if rest:
-                slicer.util.pip_install(rest)
-        still = missingPackages()
-        if still:
-            slicer.util.errorDisplay(_("Still missing: {packages}").format(packages=", ".join(sorted(still))))
-        return not still
-
     # ------------------------------------------------------------------ reconstruction
     def onReconstructButton(self) -> None:
         """Start the reconstruction in the background."""
-        if self.logic.isRunning() or not self.ensureDependencies():
+        if self.logic.isRunning() or not ensureDependencies():
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the reconstruction."), waitCursor=True):
@@ -336,7 +366,8 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.progressBar.setValue(1000)
             node = event["volumeNode"]
             self._parameterNode.outputVolume = node
-            slicer.util.setSliceViewerLayers(background=node, fit=True)
+            with slicer.util.tryWithErrorDisplay(_("The reconstruction was loaded but could not be shown.")):
+                self.logic.showReconstruction(node)
             self._setStatus(event["text"][0].upper() + event["text"][1:] + ". " + _("Research use only."))
         elif kind == "error":
             self._pollTimer.stop()
@@ -365,12 +396,10 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to compare with the ground truth."), waitCursor=True):
             result = self.logic.compare(p.outputVolume, p.groundTruthVolume)
-            self.ui.compareResultsLabel.text = self.logic.metricsText(result["metrics"])
-            slicer.util.setSliceViewerLayers(background=p.outputVolume, foreground=result["groundTruthOnGridNode"],
-                                             foregroundOpacity=0.5)
-            selection = slicer.app.applicationLogic().GetSelectionNode()
-            selection.SetActiveTableID(result["tableNode"].GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
+            self.ui.compareResultsLabel.text = self.logic.metricsText(result["metrics"]) + "\n" + _(
+                "Difference volume: '{name}'; metrics table: '{table}'.").format(
+                name=result["differenceNode"].GetName(), table=result["tableNode"].GetName())
+            self.logic.showComparison(p.outputVolume, result)
 
     def onExportButton(self) -> None:
         p = self._parameterNode
@@ -409,6 +438,45 @@ class AXONReconstructionLogic(ScriptedLoadableModuleLogic, ReconstructionLogic):
     def getParameterNode(self):
         return AXONReconstructionParameterNode(super().getParameterNode())
 
+    # ---- views (need the Slicer application; the Qt-free work is in ReconstructionLogic)
+    VOLUME_RENDERING_PRESET = "CT-Chest-Contrast-Enhanced"
+
+    def showReconstruction(self, volumeNode) -> None:
+        """The reconstruction in the slice views (CT window set on load) and in 3D with a CT preset."""
+        slicer.util.setSliceViewerLayers(background=volumeNode, foreground=None, fit=True)
+        vrLogic = slicer.modules.volumerendering.logic()
+        display = vrLogic.GetFirstVolumeRenderingDisplayNode(volumeNode)
+        if display is None:
+            display = vrLogic.CreateDefaultVolumeRenderingNodes(volumeNode)
+        preset = vrLogic.GetPresetByName(self.VOLUME_RENDERING_PRESET)
+        if preset is not None:
+            display.GetVolumePropertyNode().Copy(preset)
+        display.SetVisibility(True)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None and layoutManager.threeDViewCount > 0:
+            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+    def showComparison(self, volumeNode, result: dict) -> None:
+        """Reconstruction (left) and ground truth on the same grid (right) in linked coronal views; the
+        metrics table becomes the active table."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        for viewName, background in (("Red", volumeNode), ("Yellow", result["groundTruthOnGridNode"])):
+            sliceWidget = layoutManager.sliceWidget(viewName)
+            if sliceWidget is None:
+                continue
+            composite = sliceWidget.mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(background.GetID())
+            composite.SetForegroundVolumeID(None)
+            composite.SetLinkedControl(True)
+            sliceWidget.mrmlSliceNode().SetOrientation("Coronal")
+            sliceWidget.sliceLogic().FitSliceToAll()
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(result["tableNode"].GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+
 
 #
 # AXONReconstructionTest
@@ -431,6 +499,8 @@ class AXONReconstructionTest(ScriptedLoadableModuleTest):
         self.test_AXONReconstruction_endToEnd()
         self.setUp()
         self.test_AXONReconstruction_cancel()
+        self.setUp()
+        self.test_AXONReconstruction_sampleDataRegistered()
 
     # ---- helpers
     def _weightsAndViews(self):
@@ -535,4 +605,20 @@ class AXONReconstructionTest(ScriptedLoadableModuleTest):
         self.assertTrue(logic.cancel())
         self.assertFalse(logic.isRunning())
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Test passed")
+
+    def test_AXONReconstruction_sampleDataRegistered(self):
+        """The sample case and the CR are offered in Sample Data, from HTTPS sources with SHA-256."""
+        import SampleData
+
+        from AXONReconstructionLib.sampledata import CATEGORY, SAMPLE_CASE_NAME
+
+        registerSampleData()
+        sources = SampleData.SampleDataLogic.sampleDataSourcesByCategory(CATEGORY)
+        self.assertIn(SAMPLE_CASE_NAME, [source.sampleName for source in sources])
+        case = next(source for source in sources if source.sampleName == SAMPLE_CASE_NAME)
+        self.assertIs(case.customDownloader, loadSampleCase)
+        for source in sources:
+            self.assertTrue(all(uri.startswith("https://") for uri in source.uris))
+            self.assertTrue(all(checksum.startswith("SHA256:") for checksum in source.checksums))
         self.delayDisplay("Test passed")

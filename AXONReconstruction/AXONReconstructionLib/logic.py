@@ -385,6 +385,47 @@ class ReconstructionLogic:
             raise RuntimeError(event["message"])
         return event
 
+    # ================================================================== sample data
+    def _addVolumeFromFile(self, path, name: str):
+        """A volume file as a scalar volume node (Slicer's readers; in Slicer also into subject hierarchy)."""
+        if insideSlicer():
+            node = slicer.util.loadVolume(str(path), {"name": name, "show": False, "singleFile": True})
+        else:
+            volumes = slicer.vtkSlicerVolumesLogic()
+            volumes.SetMRMLScene(slicer.mrmlScene)
+            node = volumes.AddArchetypeVolume(str(path), name, 4)  # 4: single file
+        if node is None:
+            raise RuntimeError(f"could not read {path} as a volume")
+        return node
+
+    def loadSampleCase(self, cacheDir=None, allowDownload: bool = True, log=None, progress=None) -> dict:
+        """The sample case into the scene: the real chest CT (ground truth), its frontal and lateral DRRs
+        (computed by the engine in a child process) and a real chest CR. Local copies are used first;
+        missing files are downloaded over HTTPS with SHA-256 checks (see `sampledata`).
+        Returns {"ct", "frontal", "lateral", "cr"} -> node; nothing is added when a step fails."""
+        from . import sampledata
+
+        cache = Path(cacheDir) if cacheDir else Path(self._tempRoot()) / "AXON-sample-data"
+        ct_path = sampledata.sampleCT(cache, allowDownload, progress, log)
+        cr_path = sampledata.sampleCR(cache, allowDownload, progress, log)
+        drr_paths = sampledata.sampleDRRs(ct_path, cache, self.workerCommand(), self.workerEnvironment(),
+                                          cwd=str(MODULE_DIR), log=log)
+        added = []
+        try:
+            nodes = {"ct": self._addVolumeFromFile(ct_path, sampledata.CT_NODE)}
+            added.append(nodes["ct"])
+            mrmlio.setWindowLevel(nodes["ct"], *CT_WINDOW_LEVEL)
+            for view, path in drr_paths.items():
+                nodes[view] = self._addVolumeFromFile(path, sampledata.DRR_NODES[view])
+                added.append(nodes[view])
+            nodes["cr"] = self._addVolumeFromFile(cr_path, sampledata.CR_NODE)
+            added.append(nodes["cr"])
+        except BaseException:
+            for node in added:
+                slicer.mrmlScene.RemoveNode(node)
+            raise
+        return nodes
+
     # ================================================================== comparison
     def compare(self, reconstructionNode, groundTruthNode) -> dict:
         """Ground truth -> the reconstruction's model grid exactly as `axon evaluate` does

