@@ -197,8 +197,7 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     if views == "realistic":
         aug.realism = RealismConfig()
     maker = BatchMaker(cache, ids, preset.sr.factor, aug)
-    atlas_ids = [c for c in (cache.case_ids("train") or ids) if c not in ids] or ids
-    atlas = np.mean([cache.load(c)[0] for c in atlas_ids], axis=0)
+    atlas, atlas_source = training_atlas(cache, ids, pipeline.cards["coarse"].get("trained_on", {}), preset.data)
     baseline = _load_baseline(weights, preset, device)
     grid = preset.data.grid
     out = Path(out)
@@ -214,7 +213,11 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
         gt = cache.load(case)[0].astype(np.float32)
         v = item["views"].numpy()
         mask = np.array([1.0, 1.0 if lateral else 0.0], np.float32)
-        preds = {"mean-CT atlas": atlas}
+        preds = {}
+        if atlas is not None:
+            preds["mean-CT atlas"] = atlas
+        elif len(ids) > 1:  # leave-one-out: never the case itself
+            preds["mean-CT atlas"] = np.mean([cache.load(c)[0] for c in ids if c != case], axis=0)
         if baseline is not None:
             preds["X2CT-style CNN"] = baseline.predict_final(v, mask)
         if template:
@@ -238,7 +241,7 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
             rows.append({"case": case, "method": method, "case_is": seen, **m,
                          **drr_residuals(pred, gt, preset.data, mask)})
         finals = [k for k in preds if k.endswith("stages I+II+III")]
-        save_comparison_montage(gt, {k: preds[k] for k in finals + ["mean-CT atlas"]},
+        save_comparison_montage(gt, {k: preds[k] for k in finals + [k for k in preds if k == "mean-CT atlas"]},
                                 out / "montages" / f"{case}.png")
     with atomic_path(out / "cases.csv") as tmp:
         with open(tmp, "w", newline="") as f:
@@ -249,11 +252,36 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     summary.update({"split": split, "cases": len(ids), "views": views, "lateral": lateral,
                     "weights": str(weights), "preset": preset.name, "case_is": sorted({r["case_is"] for r in rows}),
                     "cases_seen_in_training": sorted(set(ids) & train_ids),
-                    "consistency_strength": consistency_strength,
+                    "consistency_strength": consistency_strength, "atlas": atlas_source,
                     "oblique_view_deg": OBLIQUE_ANGLE_DEG})
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     write_text(out / "summary.md", summary_table(summary))
     return summary
+
+
+def training_atlas(cache, ids: list[str], trained_on: dict, data, max_cases: int = 64):
+    """The mean-CT atlas from the cases that trained the weights (their cache, when it is on this
+    machine), else None: the caller then uses the other cases of the split (leave-one-out). Never
+    includes an evaluated case, so the atlas row is a held-out number too."""
+    from .datasets import CTCache
+
+    source = trained_on.get("cache")
+    if source and Path(source).is_dir():
+        try:
+            train_cache = CTCache(source, expected=data)
+        except AxonInputError:
+            train_cache = None
+        if train_cache is not None:
+            train_ids = [c for c in (train_cache.case_ids("train") or train_cache.case_ids("all")) if c not in ids]
+            if train_ids:
+                pick = train_ids[:: max(1, len(train_ids) // max_cases)][:max_cases]
+                atlas = np.mean([train_cache.load(c)[0] for c in pick], axis=0)
+                return atlas, f"mean of {len(pick)} training cubes from {source}"
+    same = [c for c in (cache.case_ids("train") or []) if c not in ids]
+    if same:
+        return np.mean([cache.load(c)[0] for c in same[:max_cases]], axis=0), \
+            f"mean of {len(same[:max_cases])} train-split cubes of {cache.root}"
+    return None, "leave-one-out mean of the other evaluated cases"
 
 
 def summarise(rows: list[dict]) -> dict:
