@@ -183,6 +183,7 @@ class AXONReconstructionParameterNode:
     steps - sampling steps of stages I and II (0: the weights' default).
     samples - number of stochastic samples; more than 1 also gives a standard-deviation map.
     seed - random seed (same inputs and seed give the same result).
+    consistency - steer sampling towards agreement with the input radiographs (reprojection consistency).
     outputVolume - volume that receives the reconstruction (none: a new volume per run).
     exportFormat, exportDirectory - where and how Export writes the reconstruction.
     """
@@ -195,6 +196,7 @@ class AXONReconstructionParameterNode:
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    consistency: bool = True
     outputVolume: vtkMRMLScalarVolumeNode
     exportFormat: ExportFormat = ExportFormat.NRRD
     exportDirectory: pathlib.Path
@@ -344,7 +346,8 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay(_("Failed to start the reconstruction."), waitCursor=True):
             self.logic.startReconstruction(
                 p.frontalVolume, p.lateralVolume, weightsPath=p.weightsPath, steps=p.steps or None,
-                samples=p.samples, seed=p.seed, device=p.device.value, outputNode=p.outputVolume)
+                samples=p.samples, seed=p.seed, device=p.device.value, outputNode=p.outputVolume,
+                consistency=p.consistency)
             self.ui.progressBar.setValue(0)
             self._setStatus(_("Starting the reconstruction..."))
             self._pollTimer.start()

@@ -168,7 +168,8 @@ class ReconstructionLogic:
         return self._job is not None
 
     def startReconstruction(self, frontalNode, lateralNode=None, weightsPath=None, steps: int | None = None,
-                            samples: int = 1, seed: int = 0, device: str = "auto", outputNode=None) -> None:
+                            samples: int = 1, seed: int = 0, device: str = "auto", outputNode=None,
+                            consistency: bool = True) -> None:
         """Start the engine worker on the radiograph nodes; follow it with `poll()`."""
         if self._job is not None:
             raise RuntimeError("a reconstruction is already running; cancel it or wait for it to finish")
@@ -201,7 +202,7 @@ class ReconstructionLogic:
             if "lateral" in inputs:
                 args += ["--lateral", str(inputs["lateral"])]
             args += ["--out", str(out), "--weights", str(weights), "--samples", str(int(samples)),
-                     "--seed", str(int(seed)), "--device", device]
+                     "--seed", str(int(seed)), "--device", device, "--consistency", "on" if consistency else "off"]
             if steps:
                 args += ["--steps", str(int(steps))]
             process = WorkerProcess(args, env=self.workerEnvironment(), cwd=str(MODULE_DIR))

@@ -118,6 +118,9 @@ def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path)
     report = json.loads(ct.GetAttribute(ATTR_REPORT))
     assert report["samples"] == 2 and report["seed"] == 3
     assert report["reprojection_consistency"]["lateral"]["given"]
+    # consistency is on by default: both views were calibrated and the samplers steered
+    assert set(report["consistency"]["views"]) == {"frontal", "lateral"}
+    assert report["consistency"]["views"]["frontal"]["calibration"]["model"] in ("affine", "gamma", "log")
     std = final["uncertaintyNode"]
     assert std is not None and ct.GetNodeReference(REF_UNCERTAINTY).GetID() == std.GetID()
     assert np.allclose(mrmlio.ijkToRas(std), expected)
