@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -36,7 +35,6 @@ from .config import ProjectionGeometry, VIEWS, VolumeGrid
 from .geometry import view_geometry
 from .sparse_projector import SparseProjector, downsample_view_image, resampled_view
 
-MODES = ("on", "off")
 SUPPORT_HU = -900.0  # voxels denser than this (or next to one) may be corrected
 
 
@@ -261,14 +259,3 @@ def _to_grid(u: torch.Tensor, size: int) -> torch.Tensor:
     if factor * size != u.shape[-1]:
         raise ValueError(f"volume of size {u.shape[-1]} is not a multiple of the {size}^3 grid")
     return torch.nn.functional.avg_pool3d(u[None, None], factor)[0, 0]
-
-
-def parse_mode(value: str) -> bool:
-    if value not in MODES:
-        raise ValueError(f"--consistency must be one of {MODES}, got {value!r}")
-    return value == "on"
-
-
-def build_consistency(views: np.ndarray, view_mask: np.ndarray, grid: VolumeGrid, geometry: ProjectionGeometry,
-                      cfg: Optional[ConsistencyConfig] = None) -> ViewConsistency:
-    return ViewConsistency(views, view_mask, grid, geometry, cfg)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .config import DataConfig
 from .drr import drr_from_unit_volume
 from .errors import AxonInputError
-from .xray_realism import RealismConfig, _robust_unit, simulate_radiograph
+from .xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
 
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
@@ -128,7 +128,7 @@ class BatchMaker:
             seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
             views = simulate_radiograph(views, self.aug.realism, seed=seed)
         else:
-            views = _robust_unit(views[:, None])[:, 0]
+            views = robust_unit(views[:, None])[:, 0]
         hi = cube[None] * 2 - 1
         lo = F.avg_pool3d(hi[None], self.factor)[0] if self.factor > 1 else hi
         return {"x0_hi": hi, "x0": lo, "views": views.float(), "view_mask": torch.ones(views.shape[0])}

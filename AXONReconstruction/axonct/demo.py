@@ -23,7 +23,7 @@ from .pipeline import AxonPipeline, to_final_grid
 from .reprojection import consistency_report
 from .sample_data import sample_ct_path
 from .volume_export import write_volume
-from .xray_realism import RealismConfig, _robust_unit, simulate_radiograph
+from .xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
 
 def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "realistic", seed: int = 0,
@@ -42,7 +42,7 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     if views == "realistic":
         model_views = simulate_radiograph(drr, RealismConfig(), seed=seed).numpy()
     else:
-        model_views = _robust_unit(drr[:, None])[:, 0].numpy()
+        model_views = robust_unit(drr[:, None])[:, 0].numpy()
     mask = np.ones(2, np.float32)
     rec = pipe.reconstruct(model_views, mask, steps=steps, seed=seed, progress=progress)
     seen = meta.get("patient_id") in pipe.cards["coarse"]["trained_on"].get("cases", [])

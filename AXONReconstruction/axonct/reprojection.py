@@ -13,7 +13,7 @@ import torch
 from .config import VIEWS, DataConfig, VolumeGrid
 from .drr import drr_from_unit_volume
 from .metrics import psnr, ssim
-from .xray_realism import _robust_unit
+from .xray_realism import robust_unit
 
 
 def reproject(unit_volume: np.ndarray, grid: VolumeGrid, data: DataConfig) -> np.ndarray:
@@ -21,7 +21,7 @@ def reproject(unit_volume: np.ndarray, grid: VolumeGrid, data: DataConfig) -> np
     with torch.no_grad():
         drr = drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(unit_volume, np.float32)),
                                    grid, data.geometry, VIEWS)
-    return _robust_unit(drr[:, None])[:, 0].numpy()
+    return robust_unit(drr[:, None])[:, 0].numpy()
 
 
 def consistency_report(unit_volume: np.ndarray, grid: VolumeGrid, data: DataConfig,

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_dir, remove_partials, write_text
-from .config import DataConfig, VolumeGrid, data_preset
+from .config import DataConfig, data_preset
 from .ct_preprocess import ModelVolume, _bbox_center_lps, body_mask, ct_to_model, hu_to_unit
 from .errors import AxonInputError
 

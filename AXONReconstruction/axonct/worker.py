@@ -124,8 +124,7 @@ def _sampling_options(req: ReconstructRequest, pipeline: AxonPipeline, views, ma
         from .template_fit import fit_template
 
         progress.message("fitting the template CT to the input views")
-        fit = fit_template(views, mask, pipeline.preset.data,
-                           progress=lambda i, n: progress("template", i, n))
+        fit = fit_template(views, mask, pipeline.preset.data, progress=progress)
         options["start"] = fit.unit
     return options
 

@@ -71,7 +71,9 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(out, k.view(1, 1, -1, 1))
 
 
-def _robust_unit(img: torch.Tensor, lo_q: float = 0.005, hi_q: float = 0.995) -> torch.Tensor:
+def robust_unit(img: torch.Tensor, lo_q: float = 0.005, hi_q: float = 0.995) -> torch.Tensor:
+    """Batched [B, C, H, W] twin of `radiograph_preprocess.normalize_view` (same 0.5/99.5 percentiles),
+    so training views, DRR checks and real radiographs share one normalisation."""
     flat = img.flatten(1)
     lo = torch.quantile(flat, lo_q, dim=1).view(-1, 1, 1, 1)
     hi = torch.quantile(flat, hi_q, dim=1).view(-1, 1, 1, 1)
@@ -104,7 +106,7 @@ def simulate_radiograph(line_integral: torch.Tensor, cfg: RealismConfig, seed: i
             x = x + torch.randn(x.shape, generator=gen).to(x.device) * 0.01 * x.amax()
         if cfg.detector_blur:
             x = gaussian_blur(x, _uniform(cfg.blur_sigma_px, gen))
-    x = _robust_unit(x)
+    x = robust_unit(x)
     if cfg.unsharp:
         amount = _uniform(cfg.unsharp_amount, gen)
         sig = _uniform(cfg.unsharp_sigma_frac, gen) * side

@@ -12,7 +12,7 @@ import torch
 from axonct.calibration import ViewCalibration, border_mask, fit_calibrations, fit_view_calibration
 from axonct.config import ProjectionGeometry, VolumeGrid
 from axonct.drr import drr_from_unit_volume
-from axonct.xray_realism import RealismConfig, _robust_unit, simulate_radiograph
+from axonct.xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
 P = 64
 
@@ -127,7 +127,7 @@ def test_simulated_radiograph_calibrated_residual_far_below_plain_normalisation(
     moved = _truth("affine", L, shift, scale, a=1.0, b=0.0).apply(L)
     cfg = RealismConfig(collimation=False)
     obs = simulate_radiograph(moved.float(), cfg, seed=seed).double()
-    plain = _robust_unit(L[None, None])[0, 0]
+    plain = robust_unit(L[None, None])[0, 0]
     plain_rmse = float(((obs - plain) ** 2).mean().sqrt())
     fit = fit_view_calibration(obs, L)
     assert fit.residual_rmse < 0.5 * plain_rmse, (fit.residual_rmse, plain_rmse)

@@ -12,7 +12,7 @@ from axonct.config import data_preset
 from axonct.consistency import ConsistencyConfig, ViewConsistency, conjugate_gradient, fade_weight
 from axonct.ct_preprocess import ct_to_model
 from axonct.drr import drr_from_unit_volume
-from axonct.xray_realism import _robust_unit
+from axonct.xray_realism import robust_unit
 from synthetic import synthetic_chest
 
 DATA = data_preset("tiny")
@@ -26,7 +26,7 @@ def truth_and_guess(tmp_path_factory):
     truth = ct_to_model(synthetic_chest(seed=3), DATA.grid).array
     other = ct_to_model(synthetic_chest(seed=11), DATA.grid).array
     views = drr_from_unit_volume(torch.from_numpy(truth), DATA.grid, DATA.geometry)
-    views = _robust_unit(views[:, None])[:, 0].numpy()
+    views = robust_unit(views[:, None])[:, 0].numpy()
     pool = lambda a: F.avg_pool3d(torch.from_numpy(a)[None, None], 2)[0]  # noqa: E731  (1, S, S, S)
     return pool(truth), views, pool(other)
 

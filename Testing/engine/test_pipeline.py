@@ -71,6 +71,22 @@ def test_reconstruct_writes_volume_on_the_model_grid(tiny_weights, radiographs, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_template_start_and_consistency_switch_reach_the_report(tiny_weights, radiographs, tmp_path):
+    """--start template runs the template fit (its progress shows) and Stage II starts from it;
+    --consistency off leaves the samplers unguided; the report says both."""
+    out = tmp_path / "t.nrrd"
+    proc = axon("reconstruct", "--frontal", str(radiographs["frontal"]), "--out", str(out), "--weights",
+                str(tiny_weights), "--device", "cpu", "--steps", "2", "--start", "template", "--consistency", "off")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "t_report.json").read_text())
+    assert report["start"] == "template" and report["consistency"] == "off"
+    stages = {e["stage"] for e in map(parse_progress_line, proc.stdout.splitlines()) if e and "stage" in e}
+    assert {"template_affine", "template_deform", "fine", "sr"} <= stages
+    on = axon("reconstruct", "--frontal", str(radiographs["frontal"]), "--out", str(tmp_path / "c.nrrd"),
+              "--weights", str(tiny_weights), "--device", "cpu", "--steps", "2", "--consistency-strength", "9")
+    assert on.returncode == 2 and "strength" in on.stderr and not (tmp_path / "c.nrrd").exists()
+
+
 def test_samples_give_mean_and_finite_nonzero_std(tiny_weights, radiographs, tmp_path):
     out = tmp_path / "recon.nii.gz"
     proc = axon("reconstruct", "--frontal", str(radiographs["cr"]), "--out", str(out), "--weights", str(tiny_weights),

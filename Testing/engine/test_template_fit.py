@@ -19,7 +19,7 @@ from axonct.drr import drr_from_unit_volume
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr
 from axonct.template_fit import TemplateFit, affine_warp, default_template, fit_template
-from axonct.xray_realism import RealismConfig, _robust_unit, simulate_radiograph
+from axonct.xray_realism import RealismConfig, robust_unit, simulate_radiograph
 from synthetic import synthetic_chest
 
 WORK = 32
@@ -103,7 +103,7 @@ def test_deformation_explains_what_the_affine_cannot(cfg):
     template = ct_to_model(synthetic_chest(seed=1), cfg.grid).array
     truth = ct_to_model(synthetic_chest(seed=2), cfg.grid).array
     drr = drr_from_unit_volume(torch.from_numpy(truth), cfg.grid, cfg.geometry)
-    views = _robust_unit(drr[:, None])[:, 0].numpy()
+    views = robust_unit(drr[:, None])[:, 0].numpy()
     affine = fit_template(views, BOTH, cfg, template_unit=template, work_size=WORK, deform_iters=0)
     deformed = fit_template(views, BOTH, cfg, template_unit=template, work_size=WORK)
     assert affine.affine_params == deformed.affine_params  # stage A is the same in both runs
