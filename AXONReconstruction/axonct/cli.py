@@ -156,7 +156,7 @@ def cmd_demo(args) -> int:
 
     progress = ProgressLines(stream=open(os.devnull, "w"), human=sys.stderr.isatty())
     m = run_demo(args.out, weights=args.weights, views=args.views, seed=args.seed, steps=args.steps,
-                 device=args.device, progress=progress)
+                 device=args.device, progress=progress, consistency=args.consistency == "on")
     print(f"demo: {m['case']['patient_id']} ({m['case']['status']}), {m['views']} DRR views -> "
           f"reconstruction in {m['seconds']['total']} s")
     print(f"  honest 3D: PSNR {m['honest']['psnr']:.2f} dB, SSIM {m['honest']['ssim']:.3f}; "
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights folder (default: the bundled CPU demo weights)")
     p.add_argument("--views", default="realistic", choices=["realistic", "clean"])
     p.add_argument("--steps", type=int, help="sampling steps of stages I and II (default: the preset's)")
+    p.add_argument("--consistency", choices=["on", "off"], default="on",
+                   help="agreement with the input views during sampling (default: on)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -27,7 +27,7 @@ from .xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
 
 def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "realistic", seed: int = 0,
-             steps: int | None = None, device: str = "auto", progress=None) -> dict:
+             steps: int | None = None, device: str = "auto", progress=None, consistency: bool = True) -> dict:
     from .benchmark import resolve_device
     from .worker import default_weights_dir
 
@@ -44,7 +44,10 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     else:
         model_views = robust_unit(drr[:, None])[:, 0].numpy()
     mask = np.ones(2, np.float32)
-    rec = pipe.reconstruct(model_views, mask, steps=steps, seed=seed, progress=progress)
+    from .consistency import ConsistencyConfig
+
+    rec = pipe.reconstruct(model_views, mask, steps=steps, seed=seed, progress=progress,
+                           consistency=ConsistencyConfig() if consistency else None)
     seen = meta.get("patient_id") in pipe.cards["coarse"]["trained_on"].get("cases", [])
     metrics = compare(rec.mean, truth.array, data.grid)
     metrics["stage_cuts"] = {  # what each stage adds (coarser grids resized only for the comparison)
@@ -56,6 +59,7 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     metrics["reprojection_consistency"] = consistency_report(rec.mean, data.grid, data, model_views, mask)
     metrics["seconds"] = {**{k: round(v, 1) for k, v in rec.seconds.items()}, "total": round(time.time() - t0, 1)}
     metrics["views"] = views
+    metrics["consistency"] = "on" if consistency else "off"
     with atomic_dir(out) as tmp:
         write_volume(rec.volume().to_hu_image(), tmp / "reconstruction.nrrd")
         write_volume(truth.to_hu_image(), tmp / "ground_truth_model_grid.nrrd")

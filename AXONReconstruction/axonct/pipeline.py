@@ -162,11 +162,11 @@ class AxonPipeline:
     def reconstruct(self, views: np.ndarray, view_mask: np.ndarray, steps: int | None = None,
                     samples: int = 1, seed: int = 0, progress: ProgressFn | None = None,
                     stop_after: str = "sr", coarse_guidance=None, fine_guidance=None,
-                    consistency=None, start=None) -> Reconstruction:
+                    consistency=None, start=None, fine_strength: float | None = None) -> Reconstruction:
         """``consistency``: a `consistency.ConsistencyConfig` to steer both samplers towards agreement
         with the input views (replaces the guidance arguments). ``start``: an optional [S,S,S] unit
         volume on the final grid (e.g. a template fit) that replaces Stage I's output as Stage II's
-        starting point."""
+        starting point. ``fine_strength``: Stage II's SDEdit start strength (default: the weights' own)."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
         if stop_after not in STAGE_ORDER:
@@ -207,6 +207,7 @@ class AxonPipeline:
                 if stop_after != "coarse":
                     t = time.time()
                     x = self.fine.sample(x, gen, num_steps=fine_steps, guidance=fine_guidance,
+                                         start_strength=fine_strength,
                                          progress=lambda i, n: progress("fine" + tag, i, n)).float()
                     seconds["fine"] += time.time() - t
                     collected["fine"].append(x)
