@@ -102,7 +102,8 @@ def cmd_evaluate(args) -> int:
         result = evaluate_cache(args.data, args.split, args.weights, args.out, steps=args.steps, seed=args.seed,
                                 views=args.views, device=args.device, lateral=not args.frontal_only,
                                 consistency_strength=args.consistency_strength, ablation=not args.no_ablation,
-                                template=not args.no_template, max_cases=args.max_cases)
+                                template=not args.no_template, max_cases=args.max_cases,
+                                fine_strength=args.fine_strength)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ablation", action="store_true", help="only the pipeline with consistency, not without")
     p.add_argument("--no-template", action="store_true", help="leave out the template-fit baseline (slow)")
     p.add_argument("--max-cases", type=int, help="only the first N cases of the split")
+    p.add_argument("--fine-strength", type=float,
+                   help="Stage II start strength (0-1; default: the weights' own): how much noise Stage II adds "
+                        "to Stage I's output before redrawing it")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

@@ -172,7 +172,7 @@ class Method:
 def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str | Path, steps: int | None = None,
                    seed: int = 0, views: str = "realistic", device: str = "cpu", lateral: bool = True,
                    progress=None, consistency_strength: float = 1.0, ablation: bool = True,
-                   template: bool = True, max_cases: int | None = None) -> dict:
+                   template: bool = True, max_cases: int | None = None, fine_strength: float | None = None) -> dict:
     """Every case of a split, as an ablation on the final grid: the mean-CT atlas, the X2CT-style CNN
     (if trained), the template fit alone, and the pipeline without and with reprojection consistency,
     each cut after every stage. Columns: PSNR/SSIM in both conventions, MAE, and the DRR residuals
@@ -225,7 +225,8 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
 
             preds["template fit"] = fit_template(v, mask, preset.data, seed=seed + n).unit
         for name, cfg in variants:
-            rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress, consistency=cfg)
+            rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress, consistency=cfg,
+                                       fine_strength=fine_strength)
             for cut, label in (("coarse", "stage I"), ("fine", "stages I+II")):
                 t = torch.from_numpy(rec.cuts[cut])[None, None]
                 preds[f"{name}, {label}"] = to_final_grid(t, grid.size)[0, 0].numpy()
@@ -253,6 +254,7 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
                     "weights": str(weights), "preset": preset.name, "case_is": sorted({r["case_is"] for r in rows}),
                     "cases_seen_in_training": sorted(set(ids) & train_ids),
                     "consistency_strength": consistency_strength, "atlas": atlas_source,
+                    "fine_strength": fine_strength if fine_strength is not None else preset.prior.start_strength,
                     "oblique_view_deg": OBLIQUE_ANGLE_DEG})
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     write_text(out / "summary.md", summary_table(summary))
