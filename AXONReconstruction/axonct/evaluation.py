@@ -191,8 +191,8 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     if max_cases is not None:
         ids = ids[: max(1, int(max_cases))]
     train_ids = set(pipeline.cards["coarse"]["trained_on"].get("cases", []))
-    synthetic_from = cache.manifest.get("synthetic", {}).get("source") if isinstance(
-        cache.manifest.get("synthetic"), dict) else None
+    synth = cache.manifest.get("synthetic")
+    synthetic_from = Path(synth["source_ct"]).name if isinstance(synth, dict) and synth.get("source_ct") else None
     aug = Augmentation.none()
     if views == "realistic":
         aug.realism = RealismConfig()

@@ -248,6 +248,11 @@ def train(
 
     trained_on = {"cache": str(Path(data).resolve()), "cases": train_ids, "steps": tc.steps,
                   "world_size": info.world, "seed": tc.seed}
+    synthetic = cache.manifest.get("synthetic")
+    if isinstance(synthetic, dict) and synthetic.get("source_ct"):
+        trained_on["synthetic_from"] = [synthetic["source_ct"]]
+    if start > 0:
+        trained_on = merge_training_record(_previous_record(out, stage), trained_on)
     bar = None
     if progress and info.main:
         from tqdm import tqdm
@@ -314,6 +319,31 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _previous_record(out: Path, stage: str) -> dict:
+    card = out / f"{stage}.json"
+    if not card.exists():
+        return {}
+    try:
+        return json.loads(card.read_text()).get("trained_on", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def merge_training_record(previous: dict, current: dict) -> dict:
+    """A run resumed on another cache keeps what the earlier part saw: the union of the cases
+    (so "seen in training" stays true for them), every cache, and every synthetic source CT."""
+    if not previous:
+        return current
+    merged = dict(current)
+    merged["cases"] = list(dict.fromkeys([*previous.get("cases", []), *current.get("cases", [])]))
+    caches = previous.get("caches") or ([previous["cache"]] if previous.get("cache") else [])
+    merged["caches"] = list(dict.fromkeys([*caches, current["cache"]]))
+    sources = [*previous.get("synthetic_from", []), *current.get("synthetic_from", [])]
+    if sources:
+        merged["synthetic_from"] = list(dict.fromkeys(sources))
+    return merged
 
 
 def _resumable(preset_dict: dict) -> dict:

@@ -110,3 +110,15 @@ def test_two_gloo_processes_train_identical_weights(tiny_cache, tmp_path):
     assert summary["world_size"] == 2
     assert len(summary["rank_param_checksums"]) == 2 and summary["ranks_agree"] is True
     assert (run / "sr.safetensors").exists()
+
+
+def test_resumed_run_on_another_cache_keeps_its_whole_training_record():
+    from axonct.training import merge_training_record
+
+    first = {"cache": "/a", "cases": ["cxr"], "steps": 700}
+    second = {"cache": "/synth", "cases": ["SYN0-00000", "cxr"], "steps": 1500, "synthetic_from": ["/d/cxr.nii.gz"]}
+    merged = merge_training_record(first, second)
+    assert merged["cases"] == ["cxr", "SYN0-00000"]  # the real case stays "seen in training"
+    assert merged["caches"] == ["/a", "/synth"] and merged["synthetic_from"] == ["/d/cxr.nii.gz"]
+    assert merged["steps"] == 1500
+    assert merge_training_record({}, second) == second
