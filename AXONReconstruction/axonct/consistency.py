@@ -14,9 +14,11 @@ operator A (exact adjoint, milliseconds at 64^3):
   ||W (A u - L)||^2 + gamma ||u - u_hat||^2 started at u_hat, the network's estimate; the sampler
   then re-noises the corrected estimate to the next timestep (DDIM), so no gradient ever flows
   through the network. The correction fades to zero over the last steps.
+* Both corrections stay inside the estimate's dilated body (`ViewConsistency.support`).
 
 L are the observed views mapped into line-integral units by a per-view calibration fitted against
-the DRR of the current estimate (intensity curve, small shift and scale; refitted every few steps),
+the DRR of the current estimate (intensity curve, small shift and scale; fitted at the start of
+each stage, or every few steps with `recalibrate_every`),
 so a real radiograph's processing is absorbed by the calibration instead of being forced into the
 volume. W is the calibration's validity weight (zero for a missing lateral view, outside the
 warped field or on clipped pixels).
@@ -109,7 +111,7 @@ class ViewConsistency:
         return self.weights * (self.project(u) - self.targets)
 
     def normal(self, u: torch.Tensor) -> torch.Tensor:
-        """A^T W A u (W applied once: the weights are 0/1-like validity masks squared in)."""
+        """A^T W^2 A u: the normal operator of ||W (A u - L)||^2."""
         return self.projector.adjoint(self.weights * self.weights * self.project(u))
 
     def operator_norm2(self, shape) -> float:
