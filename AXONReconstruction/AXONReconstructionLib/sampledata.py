@@ -31,6 +31,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from axonct.atomic import sha256_file  # standard library only: no torch needed to load the module
+
 CATEGORY = "AXON"
 SAMPLE_CASE_NAME = "AXON chest case"
 SAMPLE_CASE_DESCRIPTION = "AXON chest case\n(CT + DRRs + CR)"
@@ -60,16 +62,8 @@ class SampleDataError(RuntimeError):
     """A sample file that cannot be found, downloaded, verified or prepared (the message says which)."""
 
 
-def sha256File(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(DOWNLOAD_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verified(path: Path, sha256: str) -> Path | None:
-    return path if path.is_file() and sha256File(path) == sha256 else None
+    return path if path.is_file() and sha256_file(path) == sha256 else None
 
 
 def _moduleDir() -> Path:
@@ -77,8 +71,8 @@ def _moduleDir() -> Path:
 
 
 def localCTCandidates() -> list[Path]:
-    """Where the engine keeps its sample CT (the same places as `axonct.sample_data.data_dir`), found
-    without importing the engine (which needs torch)."""
+    """Every place the engine may have put its sample CT (`axonct.sample_data.data_dir` picks one of
+    these; here all are tried, so a copy fetched under another setting is found too)."""
     folders = []
     if os.environ.get("AXON_DATA_DIR"):
         folders.append(Path(os.environ["AXON_DATA_DIR"]))
@@ -144,7 +138,7 @@ def extractMember(archive, member: str, destination, sha256: str) -> Path:
                 shutil.copyfileobj(src, dst, DOWNLOAD_CHUNK)
         except (KeyError, zipfile.BadZipFile) as exc:
             raise SampleDataError(f"{archive} does not hold {member}: {exc}") from None
-        if sha256File(partial) != sha256:
+        if sha256_file(partial) != sha256:
             raise SampleDataError(f"{member} in {archive} has an unexpected SHA-256 (expected {sha256})")
         os.replace(partial, destination)
         return destination

@@ -127,9 +127,9 @@ class ViewConsistency:
             self._norm2 = max(lam, 1e-12)
         return self._norm2
 
-    def relative_residual(self, u: torch.Tensor) -> list[float]:
-        """Per-view ||W (A u - L)|| / ||W L||, batch-mean."""
-        r = self.weighted_residual(u)
+    def relative_residual(self, u: torch.Tensor, r: torch.Tensor | None = None) -> list[float]:
+        """Per-view ||W (A u - L)|| / ||W L||, batch-mean (``r``: that residual, if already computed)."""
+        r = self.weighted_residual(u) if r is None else r
         ref = (self.weights * self.targets)[None]
         num = r.flatten(2).norm(dim=-1).mean(0)
         den = ref.flatten(2).norm(dim=-1).mean(0).clamp_min(1e-12)
@@ -173,7 +173,8 @@ class ViewConsistency:
         delta_max = float(delta.max())
 
         def guide(x0_hat: torch.Tensor, step_index: int, num_steps: int, t: int) -> torch.Tensor:
-            if self.cfg.strength <= 0 or fade_weight(step_index, num_steps, self.cfg.fade_fraction) <= 0:
+            fade = fade_weight(step_index, num_steps, self.cfg.fade_fraction)
+            if self.cfg.strength <= 0 or fade <= 0:
                 return x0_hat
             with torch.autocast("cpu", enabled=False), torch.no_grad():
                 u = self._prepare(x0_hat, "coarse")
@@ -182,12 +183,11 @@ class ViewConsistency:
                 ag = self.weights * self.project(g)
                 gg = g.flatten(1).pow(2).sum(1)
                 alpha = gg / ag.flatten(1).pow(2).sum(1).clamp_min(1e-20)
-                scale = (self.cfg.strength * math.sqrt(max(float(delta[int(t)]), 0.0) / delta_max)
-                         * fade_weight(step_index, num_steps, self.cfg.fade_fraction))
+                scale = self.cfg.strength * math.sqrt(max(float(delta[int(t)]), 0.0) / delta_max) * fade
                 u_new = u - (scale * alpha).view(-1, 1, 1, 1) * g
                 self.history.append({"stage": "coarse", "step": step_index, "t": int(t),
                                      "scale": round(scale, 4),
-                                     "relative_residual": [round(v, 5) for v in self.relative_residual(u)]})
+                                     "relative_residual": [round(v, 5) for v in self.relative_residual(u, r)]})
                 return self._back(u_new, x0_hat)
 
         return guide
@@ -214,12 +214,13 @@ class ViewConsistency:
                 gamma = self.cfg.gamma * self.operator_norm2(u_hat.shape)
                 s = self.support(u_hat)
                 # min over d of ||W (A (u_hat + S d) - L)||^2 + gamma ||S d||^2, from d = 0
-                rhs = -s * self.projector.adjoint(self.weights * self.weighted_residual(u_hat))
+                r = self.weighted_residual(u_hat)
+                rhs = -s * self.projector.adjoint(self.weights * r)
                 d = conjugate_gradient(lambda v: s * self.normal(s * v) + gamma * s * v, rhs,
                                        torch.zeros_like(u_hat), self.cfg.cg_iterations)
                 u_new = u_hat + fade * s * d
                 self.history.append({"stage": "fine", "step": step_index, "t": int(t), "scale": round(fade, 4),
-                                     "relative_residual": [round(v, 5) for v in self.relative_residual(u_hat)]})
+                                     "relative_residual": [round(v, 5) for v in self.relative_residual(u_hat, r)]})
                 return self._back(u_new, x0_hat)
 
         return guide

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .config import DataConfig
 from .drr import drr_from_unit_volume
+from .geometry import rotation_matrix
 from .errors import AxonInputError
 from .xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
@@ -86,14 +87,6 @@ class Augmentation:
         return cls(spatial=False, realism=None)
 
 
-def _rotation(angles: torch.Tensor) -> torch.Tensor:
-    a, b, c = angles.tolist()
-    rx = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = torch.tensor([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = torch.tensor([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def random_affine(cube: torch.Tensor, aug: Augmentation, fov_mm: float, gen: torch.Generator) -> torch.Tensor:
     """Rotate, scale and shift a [D,H,W] unit cube about its centre (outside = air = 0)."""
     u = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=gen))  # noqa: E731
@@ -101,7 +94,7 @@ def random_affine(cube: torch.Tensor, aug: Augmentation, fov_mm: float, gen: tor
     scale = u(*aug.scale_range)
     shift = torch.tensor([u(-1, 1) for _ in range(3)]) * aug.max_shift_mm / (fov_mm / 2)
     theta = torch.zeros(1, 3, 4)
-    theta[0, :, :3] = _rotation(angles) / scale
+    theta[0, :, :3] = rotation_matrix(angles.double()).float() / scale
     theta[0, :, 3] = shift
     grid = F.affine_grid(theta, (1, 1, *cube.shape), align_corners=False)
     return F.grid_sample(cube[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,23 +133,36 @@ def save_comparison_montage(gt: np.ndarray, preds: dict[str, np.ndarray], path: 
 OBLIQUE_ANGLE_DEG = 45.0  # a view between PA and lateral that no model ever receives
 
 
-def drr_residuals(pred_unit: np.ndarray, gt_unit: np.ndarray, data, view_mask: np.ndarray) -> dict:
+def residual_views(data, view_mask: np.ndarray) -> list:
+    """The given input views, then the held-out oblique view, for `drr_residuals`."""
+    from .config import VIEWS
+    from .geometry import view_at_angle, view_geometry
+
+    geom = data.geometry
+    names = [VIEWS[i] for i in range(len(VIEWS)) if float(view_mask[i]) > 0]
+    return [view_geometry(n, geom) for n in names] + [view_at_angle(OBLIQUE_ANGLE_DEG, geom, "oblique")]
+
+
+def render_for_residuals(unit: np.ndarray, data, views: list) -> torch.Tensor:
+    from .drr import drr_from_unit_volume
+
+    with torch.no_grad():
+        return drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(unit, np.float32)),
+                                    data.grid, data.geometry, views).double()
+
+
+def drr_residuals(pred_unit: np.ndarray, gt_unit: np.ndarray, data, view_mask: np.ndarray,
+                  gt_drrs: torch.Tensor | None = None) -> dict:
     """DRR disagreement with the truth on the given input views and on a held-out oblique view:
     matching the inputs only says the ray sums agree; the oblique view tests whether depth came out
     right too. Each is sqrt(1 - r^2) of the line integrals (r: Pearson correlation), the part of the
     truth's DRR that no affine intensity map of the prediction's DRR explains: 0 is a perfect match,
-    1 no relation. It ignores a global density scale (PSNR and MAE already count that)."""
-    from .config import VIEWS
-    from .drr import drr_from_unit_volume
-    from .geometry import view_at_angle, view_geometry
-
-    grid, geom = data.grid, data.geometry
-    names = [VIEWS[i] for i in range(len(VIEWS)) if float(view_mask[i]) > 0]
-    views = [view_geometry(n, geom) for n in names] + [view_at_angle(OBLIQUE_ANGLE_DEG, geom, "oblique")]
-    with torch.no_grad():
-        p = drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(pred_unit, np.float32)), grid, geom, views)
-        g = drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(gt_unit, np.float32)), grid, geom, views)
-    rel = [unexplained_fraction(a, b) for a, b in zip(p.double(), g.double())]
+    1 no relation. It ignores a global density scale (PSNR and MAE already count that).
+    ``gt_drrs``: the truth's `render_for_residuals`, when several predictions share one truth."""
+    views = residual_views(data, view_mask)
+    g = gt_drrs if gt_drrs is not None else render_for_residuals(gt_unit, data, views)
+    p = render_for_residuals(pred_unit, data, views)
+    rel = [unexplained_fraction(a, b) for a, b in zip(p, g)]
     return {"input_residual": float(np.mean(rel[:-1])), "oblique_residual": float(rel[-1])}
 
 
@@ -163,12 +175,6 @@ def unexplained_fraction(pred: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- whole split
-@dataclass
-class Method:
-    name: str
-    description: str
-
-
 def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str | Path, steps: int | None = None,
                    seed: int = 0, views: str = "realistic", device: str = "cpu", lateral: bool = True,
                    progress=None, consistency_strength: float = 1.0, ablation: bool = True,
@@ -237,10 +243,11 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
             seen = f"held out (synthetic chest made from {synthetic_from})"
         else:
             seen = "held out"
+        gt_drrs = render_for_residuals(gt, preset.data, residual_views(preset.data, mask))
         for method, pred in preds.items():
             m = flat_metrics(compare(pred, gt, grid))
             rows.append({"case": case, "method": method, "case_is": seen, **m,
-                         **drr_residuals(pred, gt, preset.data, mask)})
+                         **drr_residuals(pred, gt, preset.data, mask, gt_drrs)})
         finals = [k for k in preds if k.endswith("stages I+II+III")]
         save_comparison_montage(gt, {k: preds[k] for k in finals + [k for k in preds if k == "mean-CT atlas"]},
                                 out / "montages" / f"{case}.png")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import ProjectionGeometry
 
@@ -88,3 +89,16 @@ def view_geometry(view: str, geometry: ProjectionGeometry) -> ViewGeometry:
     if view not in VIEW_ANGLES_DEG:
         raise ValueError(f"unknown view {view!r}; expected one of {sorted(VIEW_ANGLES_DEG)}")
     return view_at_angle(VIEW_ANGLES_DEG[view], geometry, name=view)
+
+
+def rotation_matrix(angles_rad: torch.Tensor) -> torch.Tensor:
+    """R = Rz Ry Rx for rotations (radians) about the x, y and z axes, in the angles' dtype and
+    differentiable in them: the one pose convention of augmentation, synthetic anatomy and the
+    template fit."""
+    cx, cy, cz = torch.cos(angles_rad)
+    sx, sy, sz = torch.sin(angles_rad)
+    one, zero = torch.ones_like(cx), torch.zeros_like(cx)
+    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx]).view(3, 3)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy]).view(3, 3)
+    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one]).view(3, 3)
+    return rz @ ry @ rx

@@ -34,6 +34,7 @@ from .atomic import atomic_dir, remove_partials, write_text
 from .config import DataConfig, data_preset
 from .ct_preprocess import ModelVolume, _bbox_center_lps, body_mask, ct_to_model, hu_to_unit
 from .errors import AxonInputError
+from .geometry import rotation_matrix
 
 GENERATOR_VERSION = 1
 SEED_SCHEME = "case_seed = SeedSequence([0x5EED, set_seed, index]).generate_state(2, uint32) -> 63-bit int"
@@ -180,14 +181,6 @@ def _check_same_geometry(labels_path: Path, reader: sitk.ImageFileReader, ct: si
 
 
 # ----------------------------------------------------------------------------- generator
-
-
-def _rotation(deg) -> np.ndarray:
-    a, b, c = (math.radians(float(v)) for v in deg)
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def _gauss(p: np.ndarray, c, sigma) -> np.ndarray:
@@ -378,7 +371,7 @@ class SyntheticChestGenerator:
         zz, yy, xx = np.meshgrid(axis, axis, axis, indexing="ij")
         pts = np.stack([xx, yy, zz], axis=-1)
         af = params["affine"]
-        rot = _rotation(af["rotation_deg"])
+        rot = rotation_matrix(torch.tensor(np.radians(af["rotation_deg"]), dtype=torch.float64)).numpy()
         pp = ((pts - np.asarray(af["shift_mm"])) @ rot) / np.asarray(af["scale"])  # R^T (p - t) / s
         u = self._local_displacement(pp, params)
         scale = float(params.get("deformation_scale", 1.0))

