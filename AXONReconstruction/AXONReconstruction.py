@@ -161,6 +161,15 @@ class Device(enum.Enum):
         return {"auto": _("Auto (GPU if available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
 
 
+class Precision(enum.Enum):
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+    def label(self):
+        return {"auto": _("Auto (measured per machine)"), "bf16": _("bf16"), "fp32": _("fp32")}[self.value]
+
+
 class ExportFormat(enum.Enum):
     NRRD = "nrrd"
     NIFTI = "nifti"
@@ -180,6 +189,7 @@ class AXONReconstructionParameterNode:
     groundTruthVolume - optional CT (HU) to compare the reconstruction with.
     weightsPath - folder with the model weights (default: the bundled CPU weights).
     device - where the model runs.
+    precision - number format of the networks (auto: bf16 only where this machine runs it fast).
     steps - sampling steps of stages I and II (0: the weights' default).
     samples - number of stochastic samples; more than 1 also gives a standard-deviation map.
     seed - random seed (same inputs and seed give the same result).
@@ -193,6 +203,7 @@ class AXONReconstructionParameterNode:
     groundTruthVolume: vtkMRMLScalarVolumeNode
     weightsPath: pathlib.Path = BUNDLED_WEIGHTS
     device: Device = Device.AUTO
+    precision: Precision = Precision.AUTO
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
@@ -347,7 +358,7 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.logic.startReconstruction(
                 p.frontalVolume, p.lateralVolume, weightsPath=p.weightsPath, steps=p.steps or None,
                 samples=p.samples, seed=p.seed, device=p.device.value, outputNode=p.outputVolume,
-                consistency=p.consistency)
+                consistency=p.consistency, precision=p.precision.value)
             self.ui.progressBar.setValue(0)
             self._setStatus(_("Starting the reconstruction..."))
             self._pollTimer.start()

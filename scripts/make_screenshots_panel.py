@@ -23,7 +23,7 @@ EXAMPLE_STATE = {
     "combos": {"frontalSelector": "LIDC-IDRI-0001 frontal DRR", "lateralSelector": "LIDC-IDRI-0001 lateral DRR",
                "groundTruthSelector": "LIDC-IDRI-0001 CT",
                "outputSelector": "AXON CT from LIDC-IDRI-0001 frontal DRR + LIDC-IDRI-0001 lateral DRR"},
-    "paths": {"weightsPathLineEdit": "AXONReconstruction/Resources/Weights/cpu",
+    "paths": {"weightsPathLineEdit": "AXONReconstruction/axonct/weights/cpu",
               "exportDirectoryLineEdit": "~/Documents/AXON"},
     "progress": 1000,
     "status": "Done in 1.2 min: 'AXON CT from LIDC-IDRI-0001 frontal DRR + LIDC-IDRI-0001 lateral DRR'. "

@@ -29,7 +29,7 @@ fi
 .venv/bin/axon fetch-data >/dev/null
 
 case "$job" in
-  demo) exec .venv/bin/axon demo "$@" ;;
+  demo) exec .venv/bin/axon demo --overwrite "$@" ;;  # replaces only files an earlier demo wrote
   test) exec .venv/bin/python -m pytest "$@" ;;
   *) echo "run.sh: unknown job '$job' (use demo or test)" >&2; exit 2 ;;
 esac

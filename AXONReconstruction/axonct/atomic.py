@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -41,17 +40,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it becomes `path` (replacing an old one)."""
+    """Yield a temporary folder; on success it becomes `path` (replacing an old one).
+
+    Only for folders AXON owns entirely (the case folders inside a training cache): user-facing
+    outputs go through `output_policy.Outputs`, which never replaces or empties a folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL_TAG}", dir=path.parent))
+    tmp = path.with_name(f".{path.name}{PARTIAL_TAG}{uuid.uuid4().hex[:8]}")
+    os.mkdir(tmp)  # normal permissions (0777 & ~umask); tempfile.mkdtemp would make it 0700
     try:
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         else:
             os.replace(tmp, path)
     finally:

@@ -43,9 +43,20 @@ def randn_like_from(x: torch.Tensor, generator: Optional[torch.Generator]) -> to
     Drawing on the generator's own device keeps a CPU generator usable (and reproducible) for CUDA
     tensors, so resumed runs see the same noise whatever the compute device.
     """
+    if isinstance(generator, (list, tuple)):  # one generator per batch item (batched samples)
+        return per_sample_randn(x.shape, generator).to(device=x.device, dtype=x.dtype)
     gen_device = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32)
     return noise.to(device=x.device, dtype=x.dtype)
+
+
+def per_sample_randn(shape, generators) -> torch.Tensor:
+    """Noise for a batch where item k comes from ``generators[k]`` alone: K samples drawn as one batch
+    get exactly the numbers they would get one at a time, so batching never changes a result."""
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=torch.float32)
+                      for g in generators], 0)
 
 
 class BrownianBridgeScheduler:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -16,16 +15,11 @@ import torch
 
 from .atomic import write_text
 from .config import ProjectionGeometry, VolumeGrid
+from .runtime import resolve_device, resolve_precision
 
 DRR_GOAL_SECONDS = {"cpu": 2.0, "cuda": 0.05}  # a biplanar pair at 256^2
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
+FP32_PROJECTOR = {"name": "fp32", "requested": "fp32",
+                  "reason": "projectors always run in float32 (line integrals lose too much in bf16)"}
 
 
 def machine_info() -> dict:
@@ -34,6 +28,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,7 +42,12 @@ def machine_info() -> dict:
     return info
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (None where the platform has no `resource` module)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -100,11 +100,12 @@ def benchmark_drr(sizes=(128, 256), device: str = "auto", repeats: int = 5) -> d
             "ct": f"{n}^3", "views": f"2 x {n}^2", "device": str(dev),
             "median_s": statistics.median(times), "min_s": min(times),
             "bilinear_samples": samples,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": None if peak_rss_mb() is None else round(peak_rss_mb(), 1),
             "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if dev.type == "cuda" else None,
         })
     goal = DRR_GOAL_SECONDS["cuda" if dev.type == "cuda" else "cpu"]
-    return {"benchmark": "drr", "machine": machine_info(), "goal_pair_256_s": goal, "rows": rows}
+    return {"benchmark": "drr", "machine": machine_info(), "goal_pair_256_s": goal, "rows": rows,
+            "precision": FP32_PROJECTOR}
 
 
 def print_table(result: dict) -> None:
@@ -117,6 +118,9 @@ def print_table(result: dict) -> None:
     for r in rows:
         print("  ".join(_fmt(r[k]).ljust(widths[k]) for k in keys))
     print(f"machine: {result['machine']}")
+    if result.get("precision"):
+        prec = result["precision"]
+        print(f"precision: {prec['name']} ({prec['reason']})")
 
 
 def _fmt(v) -> str:
@@ -144,8 +148,10 @@ class PeakRSS:
 
     def _read(self) -> int:
         try:
+            import mmap
+
             with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * resource.getpagesize()
+                return int(f.read().split()[1]) * mmap.PAGESIZE
         except OSError:
             return 0
 
@@ -189,53 +195,71 @@ def _pipeline_row(stage, steps, seconds, rss_mb, cuda_mb, flops) -> dict:
 
 
 def benchmark_pipeline(config: str = "cpu", weights: str | None = None, steps: int | None = None,
-                       device: str = "auto", samples: int = 1, projection_only: bool = False) -> dict:
-    """Wall time, peak memory and FLOPs of each stage for one reconstruction."""
+                       device: str = "auto", samples: int = 1, projection_only: bool = False,
+                       precision: str = "auto", batch_size: int | None = None) -> dict:
+    """Wall time, peak memory and FLOPs of each stage for one reconstruction of ``samples`` samples.
+
+    The samples run as the pipeline runs them (one batch on a GPU, one at a time on a CPU), each
+    stage feeding the next at its own grid. A one-step warm-up of every stage (kernel selection,
+    cuDNN autotuning, allocator growth) runs before the timed region."""
     from .pipeline import AxonPipeline
     from .presets import load_preset
     from .sr_stage import upsample_tiled
 
     dev = resolve_device(device)
-    pipe = AxonPipeline.load(weights, dev) if weights else AxonPipeline.untrained(load_preset(config), dev)
+    prec = resolve_precision(precision, dev)
+    pipe = AxonPipeline.load(weights, dev, precision=prec) if weights else \
+        AxonPipeline.untrained(load_preset(config), dev, precision=prec)
     p = pipe.preset
     n, views_px = p.diffusion_grid.size, p.data.geometry.detector_pixels
     c_steps, f_steps = steps or p.coarse.sample_steps, steps or p.prior.sample_steps
-    gen = torch.Generator().manual_seed(0)
-    views = torch.rand(1, 2, views_px, views_px, generator=gen).to(dev)
+    batch = pipe._sample_batch(samples, batch_size)
+    views = torch.rand(1, 2, views_px, views_px, generator=torch.Generator().manual_seed(0)).to(dev)
     mask = torch.ones(1, 2, device=dev)
-    state = {}
 
-    def coarse():
-        state["x"] = pipe.coarse.sample(views, mask, num_steps=c_steps, generator=gen).float()
-
-    def fine():
-        state["x"] = pipe.fine.sample(state["x"], gen, num_steps=f_steps).float()
-
-    def sr():
-        state["x"] = upsample_tiled(pipe.sr, state["x"]).float()
+    def run_stage(name: str, x, k: int, num_steps: int):
+        """Stage ``name`` for samples k..k+b-1 (b = x's batch, or ``batch`` for Stage I)."""
+        b = x.shape[0] if x is not None else min(batch, samples - k)
+        gens = [torch.Generator().manual_seed(1000 + k + j) for j in range(b)]
+        gen = gens[0] if b == 1 else gens
+        if name == "coarse":
+            return pipe.coarse.sample(views.expand(b, -1, -1, -1), mask.expand(b, -1), num_steps=num_steps,
+                                      generator=gen).float()
+        if name == "fine":
+            return pipe.fine.sample(x, gen, num_steps=num_steps).float()
+        return upsample_tiled(pipe.sr, x).float()
 
     flops_per_call = stage_flops(pipe, n)
     steps_of = {"coarse": c_steps, "fine": f_steps, "sr": 1}
     cuda = dev.type == "cuda"
     rows = []
     with torch.no_grad(), pipe._autocast():
-        for name, fn in (("coarse", coarse), ("fine", fine), ("sr", sr)):
+        if not projection_only:  # warm-up, untimed: one step of each stage on one batch
+            x = None
+            for name in ("coarse", "fine", "sr"):
+                x = run_stage(name, x, 0, 1)
+            del x
+            if cuda:
+                torch.cuda.synchronize(dev)
+        chunks = [None] * len(range(0, samples, batch))  # each batch's output of the previous stage
+        for name in ("coarse", "fine", "sr"):
             seconds = rss_mb = cuda_mb = None
             if not projection_only:
                 if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(dev)
+                    torch.cuda.reset_peak_memory_stats(dev)
                 with PeakRSS() as rss:
                     t = time.perf_counter()
-                    for _ in range(samples):
-                        fn()
+                    for c, k in enumerate(range(0, samples, batch)):
+                        chunks[c] = run_stage(name, chunks[c], k, steps_of[name])
                     if cuda:
-                        torch.cuda.synchronize()
+                        torch.cuda.synchronize(dev)
                     seconds = round(time.perf_counter() - t, 3)
                 rss_mb = round(rss.peak / 2**20, 1)
-                cuda_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
+                cuda_mb = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if cuda else None
             rows.append(_pipeline_row(name, steps_of[name], seconds, rss_mb, cuda_mb,
                                       flops_per_call[name] * steps_of[name] * samples))
+        out_shape = list(chunks[0].shape) if chunks and chunks[0] is not None else None
     total_flops = sum(r["gflop"] for r in rows) * 1e9
     measured = [r for r in rows if r["seconds"] is not None]
     rows.append(_pipeline_row(
@@ -243,8 +267,9 @@ def benchmark_pipeline(config: str = "cpu", weights: str | None = None, steps: i
         max(r["peak_rss_mb"] for r in measured) if measured else None,
         max(r["peak_cuda_mb"] for r in measured) if measured and cuda else None, total_flops))
     return {"benchmark": "pipeline", "preset": p.name, "weights": weights or "untrained (same cost)",
-            "device": str(dev), "samples": samples, "machine": machine_info(), "rows": rows,
-            "goals": {"cpu_128": "<= 600 s on 2 cores", "h100_256": "<= 5 s at <= 12 GB"},
+            "device": str(dev), "precision": prec.to_dict(), "samples": samples, "sample_batch": batch,
+            "output_shape": out_shape, "machine": machine_info(), "rows": rows,
+            "goals": {"cpu_128": "<= 600 s on 2 cores", "h200_256": "<= 5 s at <= 24 GB"},
             "projection": f"GPU seconds = counted FLOPs / ({H100_BF16_DENSE_TFLOPS:g} TFLOP/s bf16 dense x "
                           f"{ASSUMED_UTILISATION:g} utilisation); a projection, not a measurement"}
 
@@ -312,14 +337,15 @@ def benchmark_projector(cases=((64, 64), (64, 128)), repeats: int = 10, cache_di
             f"build {r['build_s']} s, cached load {r['cached_load_s']} s; nnz {r['nnz']:,}, "
             f"{r['memory_mb']} MB in memory, {r['cache_file_mb']} MB on disk")
     return {"benchmark": "projector", "machine": machine_info(), "repeats": repeats, "rows": rows,
+            "precision": FP32_PROJECTOR,
             "summary": "\n".join(lines)}
 
 
 def benchmark_consistency(config: str = "cpu", weights: str | None = None, repeats: int = 5,
-                          device: str = "cpu") -> dict:
+                          device: str = "cpu", precision: str = "auto") -> dict:
     """What reprojection consistency adds to one sampling step, per stage, at the diffusion grid.
 
-    One step = one network evaluation (bf16 autocast as in the pipeline) vs one guidance call
+    One step = one network evaluation (in the pipeline's precision) vs one guidance call (float32)
     (projection, residual, a correction) plus the per-view calibration, fitted once per stage and
     amortised over the stage's steps. Untrained weights cost the same as trained ones. Goal: <= 10 %.
     """
@@ -328,7 +354,8 @@ def benchmark_consistency(config: str = "cpu", weights: str | None = None, repea
     from .presets import load_preset
 
     dev = resolve_device(device)
-    pipe = AxonPipeline.load(weights, dev) if weights else AxonPipeline.untrained(load_preset(config), dev)
+    pipe = AxonPipeline.load(weights, dev, precision=precision) if weights else \
+        AxonPipeline.untrained(load_preset(config), dev, precision=precision)
     preset = pipe.preset
     lo = preset.data.diffusion_grid(preset.sr.factor)
     p = preset.data.geometry.detector_pixels
@@ -375,4 +402,5 @@ def benchmark_consistency(config: str = "cpu", weights: str | None = None, repea
                      "steps": steps, "calibration_s_amortised": round(calib_s / steps, 4),
                      "overhead_pct": round(100 * per_step / net_s, 1)})
     return {"benchmark": "consistency", "preset": preset.name, "machine": machine_info(), "repeats": repeats,
+            "precision": pipe.precision.to_dict(),
             "calibration_s": round(calib_s, 3), "rows": rows, "goal": "overhead <= 10 % of a step at 64^3"}

@@ -68,7 +68,86 @@ def read_card(folder: str | Path, stage: str) -> dict:
                                    f"version {FORMAT_VERSION}; retrain or use a matching AXON release")
     if info.get("stage") != stage:
         raise AxonInputError(card, f"holds the {info.get('stage')!r} stage, not {stage!r}")
+    _check_card_fields(info, card)
     return info
+
+
+CARD_FIELDS = {"format_version": int, "stage": str, "preset": str, "config": dict, "normalisation": dict,
+               "geometry": dict, "trained_on": dict, "sha256": str, "tensors": dict}
+"""Every field a weight card must have, with its JSON type (checked like the weights' checksum)."""
+
+
+def _check_card_fields(info, card: Path) -> None:
+    import dataclasses
+
+    if not isinstance(info, dict):
+        raise AxonInputError(card, "is not a weight card (a JSON object is expected); copy it again or retrain")
+    for key, kind in CARD_FIELDS.items():
+        if key not in info:
+            raise AxonInputError(card, f"is incomplete: the field {key!r} is missing; copy it again or retrain")
+        value = info[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise AxonInputError(card, f"field {key!r} should be a {_json_kind(kind)}, not "
+                                       f"{_json_kind(type(value))}; the card is damaged: copy it again or retrain")
+    if len(info["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in info["sha256"].lower()):
+        raise AxonInputError(card, "field 'sha256' is not a SHA-256 hex digest; the card is damaged")
+    cases = info["trained_on"].get("cases", [])
+    if not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
+        raise AxonInputError(card, "field 'trained_on.cases' should be a list of case IDs; the card is damaged")
+    try:
+        preset = ModelPreset.from_dict(info["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise AxonInputError(card, f"field 'config' cannot be read as a preset ({exc}); the card is damaged") from None
+
+    def walk(obj, where):
+        default = type(obj)()
+        for f in dataclasses.fields(obj):
+            value, ref = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(ref):
+                walk(value, f"{where}.{f.name}")
+                continue
+            ok = (isinstance(value, type(ref)) and isinstance(value, bool) == isinstance(ref, bool)) or \
+                 (type(ref) is float and type(value) is int) or ref is None or value is None
+            if ok and isinstance(ref, tuple) and ref:
+                kind = type(ref[0])
+                ok = all(isinstance(v, kind) and isinstance(v, bool) == (kind is bool) for v in value)
+            if not ok:
+                raise AxonInputError(card, f"field 'config{where}.{f.name}' should be a {_json_kind(type(ref))}, "
+                                           f"not {_json_kind(type(value))} ({value!r}); the card is damaged")
+
+    for section in ("data", "coarse", "prior", "sr", "train"):
+        try:
+            walk(getattr(preset, section), f".{section}")
+        except TypeError:
+            continue  # a section without defaults: nothing to compare against
+
+
+def _json_kind(kind: type) -> str:
+    return {int: "whole number", float: "number", str: "string", dict: "JSON object", list: "list",
+            tuple: "list", bool: "true/false", type(None): "null"}.get(kind, kind.__name__)
+
+
+RESUME_FIELDS = {"stage": str, "preset": dict, "step": int, "model": dict, "optimizer": dict, "ema": list}
+
+
+def read_resume(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """A trainer's resume.pt, checked like the weights: unreadable, truncated or incomplete files are
+    refused with a message naming the file (never a traceback)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise AxonInputError(path, f"cannot be read (truncated or corrupt: {type(exc).__name__}: {exc}); restore "
+                                   "it from a copy, or start afresh in another --out") from None
+    if not isinstance(state, dict):
+        raise AxonInputError(path, "is not an AXON training checkpoint; start afresh in another --out")
+    for key, kind in RESUME_FIELDS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise AxonInputError(path, f"is incomplete or damaged (field {key!r} missing or of the wrong type); "
+                                       "restore it from a copy, or start afresh in another --out")
+    if state["step"] < 0:
+        raise AxonInputError(path, f"records a negative step ({state['step']}); the file is damaged")
+    return state
 
 
 def load_stage(folder: str | Path, stage: str, expected: ModelPreset | None = None,

@@ -6,9 +6,35 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
+from . import options
 from .errors import AxonInputError
+
+OVERWRITE_HELP = ("replace files an earlier AXON run wrote at the same names (recorded in the folder's "
+                  ".axon-outputs.json); files AXON did not write are never replaced, folders never emptied")
+
+PRECISION_HELP = ("compute precision of the networks: auto (default: bf16 on GPUs that support it and on CPUs "
+                  "where a quick measurement shows bf16 is faster, else fp32), bf16, or fp32. On CPUs without "
+                  "native bf16 (most laptops: AVX2 only) bf16 is 10-200x slower")
+
+
+def _precision(value: str) -> str:
+    """argparse type: auto|bf16|fp32 (and the old --amp spellings: off = fp32)."""
+    from .runtime import LEGACY_PRECISION, PRECISIONS
+
+    v = LEGACY_PRECISION.get(value.strip().lower(), value.strip().lower())
+    if v not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"choose auto, bf16 or fp32 (got {value!r})")
+    return v
+
+
+def _add_precision_option(p: argparse.ArgumentParser, legacy_amp: bool = False) -> None:
+    names = ["--precision", "--amp"] if legacy_amp else ["--precision"]
+    p.add_argument(*names, dest="precision", type=_precision, default=None if legacy_amp else "auto",
+                   metavar="{auto,bf16,fp32}",
+                   help=PRECISION_HELP + ("; --amp (auto|bf16|off) is the old name" if legacy_amp else ""))
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -22,6 +48,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sdd", type=float, help="source to detector distance, mm (default 949)")
     g.add_argument("--detector-mm", type=float, help="detector side, mm (default 500)")
     g.add_argument("--keep-bed", action="store_true", help="do not remove the table/bed and objects outside the body")
+
+
+def _add_hu_offset_option(p: argparse.ArgumentParser, which: str = "the CT") -> None:
+    p.add_argument("--hu-offset", type=float, default=0.0, metavar="HU",
+                   help=f"add this to every value of {which}: --hu-offset -1024 for a CT stored as HU+1024 without "
+                        "its rescale (values from about 0, no air near -1000). Refused on data that already has air")
 
 
 def _data_config(args):
@@ -60,7 +92,7 @@ def cmd_drr(args) -> int:
     cfg.views = tuple(args.views)
     realism = None if args.realism == "off" else RealismConfig()
     info = export_drrs(args.ct, args.out, cfg, realism=realism, seed=args.seed, save_cube=not args.no_cube,
-                       device=args.device)
+                       device=args.device, hu_offset=args.hu_offset, overwrite=args.overwrite)
     print(f"wrote {', '.join(info['files'].values())} to {args.out}")
     return 0
 
@@ -72,7 +104,7 @@ def cmd_prepare(args) -> int:
     manifest = prepare_cache(args.ct, args.out, cfg, workers=args.workers, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              train_list=args.train_list, test_list=args.test_list, val_list=args.val_list,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, hu_offset=args.hu_offset)
     print(f"{len(manifest['cases'])} cases ready in {args.out} "
           f"({manifest['skipped_as_finished']} already finished, {len(manifest['failed'])} failed; "
           f"see errors.jsonl)" if manifest["failed"] else
@@ -85,8 +117,10 @@ def cmd_reconstruct(args) -> int:
 
     return main_reconstruct(ReconstructRequest(
         frontal=args.frontal, lateral=args.lateral, out=args.out, weights=args.weights, steps=args.steps,
-        samples=args.samples, seed=args.seed, device=args.device, oom_fallback=args.oom_fallback,
-        consistency=args.consistency == "on", consistency_strength=args.consistency_strength, start=args.start))
+        samples=args.samples, seed=args.seed, device=args.device, precision=args.precision,
+        oom_fallback=args.oom_fallback,
+        consistency=args.consistency == "on", consistency_strength=args.consistency_strength, start=args.start,
+        overwrite=args.overwrite))
 
 
 def cmd_evaluate(args) -> int:
@@ -95,15 +129,21 @@ def cmd_evaluate(args) -> int:
     if args.pred or args.gt:
         if not (args.pred and args.gt):
             raise AxonInputError(None, "one case needs both --pred and --gt")
-        result = evaluate_files(args.pred, args.gt, montage=args.montage)
+        # the metrics are printed before the montage is written: a failing montage cannot lose them
+        evaluate_files(args.pred, args.gt, montage=args.montage, hu_offset=args.hu_offset,
+                       overwrite=args.overwrite, emit=lambda result: print(json.dumps(result, indent=2), flush=True))
+        return 0
     else:
+        if args.hu_offset:
+            raise AxonInputError(None, "--hu-offset applies to a --gt CT only (a cache is already in HU)")
         if not (args.data and args.weights and args.out):
             raise AxonInputError(None, "a split needs --data CACHE --weights DIR --out FOLDER (or --pred/--gt)")
         result = evaluate_cache(args.data, args.split, args.weights, args.out, steps=args.steps, seed=args.seed,
                                 views=args.views, device=args.device, lateral=not args.frontal_only,
                                 consistency_strength=args.consistency_strength, ablation=not args.no_ablation,
                                 template=not args.no_template, max_cases=args.max_cases,
-                                fine_strength=args.fine_strength)
+                                fine_strength=args.fine_strength, precision=args.precision,
+                                overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -111,6 +151,12 @@ def cmd_evaluate(args) -> int:
 def cmd_benchmark(args) -> int:
     from .benchmark import (benchmark_consistency, benchmark_drr, benchmark_pipeline, benchmark_projector,
                             print_table, save_result)
+    from .output_policy import Outputs
+
+    outputs = Outputs("benchmark", overwrite=args.overwrite)
+    if args.json:
+        outputs.file(args.json)
+        outputs.check(1 << 20)
 
     if args.what == "drr":
         result = benchmark_drr(tuple(args.sizes), args.device, args.repeats)
@@ -118,13 +164,15 @@ def cmd_benchmark(args) -> int:
         result = benchmark_projector(repeats=args.repeats)
         print(result["summary"])
     elif args.what == "consistency":
-        result = benchmark_consistency(args.config, args.weights, args.repeats, args.device)
+        result = benchmark_consistency(args.config, args.weights, args.repeats, args.device,
+                                       precision=args.precision)
     else:
         result = benchmark_pipeline(args.config, args.weights, args.steps, args.device, args.samples,
-                                    projection_only=args.projection_only)
+                                    projection_only=args.projection_only, precision=args.precision)
     print_table(result)
     if args.json:
-        save_result(result, args.json)
+        with outputs:
+            save_result(result, outputs.path(args.json))
         print(f"saved {args.json}")
     return 0
 
@@ -143,8 +191,8 @@ def cmd_train(args) -> int:
         preset.train.batch_size = args.batch_size
     if args.seed is not None:
         preset.train.seed = args.seed
-    if args.amp is not None:
-        preset.train.amp = args.amp
+    if args.precision is not None:
+        preset.train.precision = args.precision
     summary = train(args.stage, args.data, preset, args.out, resume=args.resume, device=args.device,
                     prior_dir=args.prior, coarse_dir=args.coarse, progress=not args.no_progress)
     print(json.dumps(summary))
@@ -157,12 +205,14 @@ def cmd_demo(args) -> int:
 
     progress = ProgressLines(stream=open(os.devnull, "w"), human=sys.stderr.isatty())
     m = run_demo(args.out, weights=args.weights, views=args.views, seed=args.seed, steps=args.steps,
-                 device=args.device, progress=progress, consistency=args.consistency == "on")
+                 device=args.device, progress=progress, consistency=args.consistency == "on",
+                 precision=args.precision, overwrite=args.overwrite)
     print(f"demo: {m['case']['patient_id']} ({m['case']['status']}), {m['views']} DRR views -> "
           f"reconstruction in {m['seconds']['total']} s")
     print(f"  honest 3D: PSNR {m['honest']['psnr']:.2f} dB, SSIM {m['honest']['ssim']:.3f}; "
           f"X2CT convention: PSNR {m['x2ct']['psnr']:.2f} dB, SSIM {m['x2ct']['ssim']:.3f}; "
           f"MAE {m['mae_hu']:.0f} HU")
+    print(f"  device {m['device']}, precision {m['precision']['name']} ({m['precision']['reason']})")
     print(f"  files in {args.out}: reconstruction.nrrd, ground_truth_model_grid.nrrd, montage.png, metrics.json")
     return 0
 
@@ -180,22 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--weights", help="weights folder (default: the bundled CPU demo weights)")
     p.add_argument("--views", default="realistic", choices=["realistic", "clean"])
-    p.add_argument("--steps", type=int, help="sampling steps of stages I and II (default: the preset's)")
+    p.add_argument("--steps", type=options.sampling_steps,
+                   help="sampling steps of stages I and II (default: the preset's)")
     p.add_argument("--consistency", choices=["on", "off"], default="on",
                    help="agreement with the input views during sampling (default: on)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    _add_precision_option(p)
+    p.add_argument("--seed", type=options.seed, default=0, help="0 to 2^32-1")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("drr", help="biplanar DRRs of a CT", description="CT -> model cube -> DRR views "
                        "(NRRD line integrals + PNG), the cube in HU, geometry.json and a montage.")
     p.add_argument("--ct", required=True, help="CT: DICOM series folder (nested OK), NIfTI, NRRD or MHA")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--out", required=True, help="output folder: new files are written beside what it holds; "
+                                                "they appear only when all are complete")
     p.add_argument("--views", nargs="+", default=["frontal", "lateral"], choices=["frontal", "lateral"])
     p.add_argument("--realism", default="on", choices=["on", "off"],
                    help="also write simulated real-radiograph versions (default on)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the realism simulation")
+    p.add_argument("--seed", type=options.seed, default=0, help="seed of the realism simulation (0 to 2^32-1)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--no-cube", action="store_true", help="do not write the model-grid CT")
+    _add_hu_offset_option(p)
     p.add_argument("--device", default="cpu", help="torch device for the projector (cpu, cuda)")
     _add_data_options(p)
     p.set_defaults(func=cmd_drr)
@@ -206,13 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ct", nargs="+", required=True, help="CT files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    p.add_argument("--seed", type=options.seed, default=0, help="seed of the random split (0 to 2^32-1)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--train-list", help="published train list (e.g. X2CT's train.txt), one patient ID a line")
     p.add_argument("--test-list", help="published test list (e.g. X2CT's test.txt)")
     p.add_argument("--val-list", help="optional validation list; else val is carved from train")
     p.add_argument("--no-progress", action="store_true")
+    _add_hu_offset_option(p, "every CT")
     _add_data_options(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -230,10 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--prior", help="run folder holding prior.safetensors (controlnet stage)")
     p.add_argument("--coarse", help="run folder holding coarse.safetensors (controlnet stage)")
-    p.add_argument("--steps", type=int, help="override the preset's number of steps")
-    p.add_argument("--batch-size", type=int, help="override the preset's batch size (per process)")
-    p.add_argument("--seed", type=int, help="override the preset's seed")
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="mixed precision (auto: bf16 autocast on CUDA and CPU)")
+    p.add_argument("--steps", type=options.train_steps, help="override the preset's number of steps (at least 1)")
+    p.add_argument("--batch-size", type=options.batch_size,
+                   help="override the preset's batch size (per process, at least 1)")
+    p.add_argument("--seed", type=options.seed, help="override the preset's seed (0 to 2^32-1)")
+    _add_precision_option(p, legacy_amp=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -248,10 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lateral", help="lateral radiograph (optional)")
     p.add_argument("--out", required=True, help="output volume: .nrrd, .nii, .nii.gz, .mha, or a folder for DICOM")
     p.add_argument("--weights", help="weights folder (default: the bundled CPU demo weights)")
-    p.add_argument("--steps", type=int, help="sampling steps of stages I and II (default: the preset's)")
-    p.add_argument("--samples", type=int, default=1, help="K stochastic samples: writes their mean and std")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=options.sampling_steps,
+                   help=f"sampling steps of stages I and II, 1 to {options.MAX_SAMPLING_STEPS} (default: the preset's)")
+    p.add_argument("--samples", type=options.samples, default=1,
+                   help=f"K stochastic samples, 1 to {options.MAX_SAMPLES}: writes their mean and std (streamed: "
+                        "memory does not grow with K, time does)")
+    p.add_argument("--seed", type=options.seed, default=0, help="0 to 2^32-1")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    _add_precision_option(p)
     p.add_argument("--oom-fallback", action="store_true", help="on GPU out-of-memory, continue on the CPU")
     p.add_argument("--consistency", choices=["on", "off"], default="on",
                    help="steer sampling towards agreement with the input views through the projector, after a "
@@ -274,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", help="a reconstruction (output of axon reconstruct)")
     p.add_argument("--gt", help="its ground-truth CT (any CT input format)")
     p.add_argument("--montage", help="with --pred/--gt: also save a PNG montage here")
+    _add_hu_offset_option(p, "the --gt CT")
     p.add_argument("--data", help="cache folder")
     p.add_argument("--split", default="test", help="split name in splits.json (train, val, test, all)")
     p.add_argument("--weights", help="weights folder (baseline.safetensors is used when present)")
@@ -289,9 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-strength", type=float,
                    help="Stage II start strength (0-1; default: the weights' own): how much noise Stage II adds "
                         "to Stage I's output before redrawing it")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=options.sampling_steps)
+    p.add_argument("--seed", type=options.seed, default=0, help="0 to 2^32-1")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--device", default="cpu", help="auto, cuda or cpu")
+    _add_precision_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("benchmark", help="time and memory of the engine's parts")
@@ -301,14 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "consistency: what reprojection consistency adds to one sampling step")
     p.add_argument("--config", default="cpu", help="pipeline: preset or config file (untrained weights, same cost)")
     p.add_argument("--weights", help="pipeline: a weights folder instead of --config")
-    p.add_argument("--steps", type=int, help="pipeline: sampling steps (default: the preset's)")
-    p.add_argument("--samples", type=int, default=1, help="pipeline: number of samples")
+    p.add_argument("--steps", type=options.sampling_steps, help="pipeline: sampling steps (default: the preset's)")
+    p.add_argument("--samples", type=options.samples, default=1, help="pipeline: number of samples")
     p.add_argument("--projection-only", action="store_true",
                    help="pipeline: count FLOPs and project GPU time without running (e.g. --config paper on a CPU)")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="drr: CT/detector sizes")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_precision_option(p)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="also save the result as JSON here")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("synth", help="synthetic chests (training or held-out sets) from a labelled CT",
@@ -332,16 +400,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .output_policy import EXIT_SIGNAL, Terminated, check_location, discard_uncommitted, signals_raise
+
     try:
-        return args.func(args)
+        with signals_raise():  # SIGTERM cleans up like Ctrl-C: no partial or hidden file is left
+            for attr in ("out", "json", "montage"):  # every output location, before any compute
+                if getattr(args, attr, None):
+                    check_location(getattr(args, attr))
+            return args.func(args)
     except AxonInputError as exc:
         if args.verbose:
             raise
         print(f"axon {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"axon {args.command}: interrupted; nothing partial was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"axon {args.command}: {what}; nothing partial was kept", file=sys.stderr)
+        return EXIT_SIGNAL.get(signum, 130)
+    finally:
+        discard_uncommitted()
 
 
 if __name__ == "__main__":

@@ -199,6 +199,7 @@ class CoarseStage(nn.Module):
             num_res_blocks=int(cfg.unet_res_blocks),
             num_head_channels=_unet_head_channels(channels),
             norm_num_groups=_unet_norm_groups(channels),
+            use_flash_attention=True,  # torch's scaled-dot-product attention: same weights, fused kernels
         )
 
     # ------------------------------------------------------------------ conditioning

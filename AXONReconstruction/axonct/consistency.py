@@ -88,6 +88,18 @@ class ViewConsistency:
         self.stage: str | None = None
         self._norm2: float | None = None
         self.history: list[dict] = []
+        self.device = self.projector.device
+
+    def to(self, device: torch.device | str) -> "ViewConsistency":
+        """Move the projector and the calibrated targets to ``device`` (the guided volume's device),
+        so a CUDA reconstruction corrects on the GPU instead of mixing devices."""
+        device = torch.device(device)
+        if device != self.device:
+            self.projector = self.projector.to(device)
+            if self.targets is not None:
+                self.targets, self.weights = self.targets.to(device), self.weights.to(device)
+            self.device = device
+        return self
 
     # ------------------------------------------------------------------ pieces
     def project(self, u: torch.Tensor) -> torch.Tensor:
@@ -95,11 +107,11 @@ class ViewConsistency:
 
     def calibrate(self, u: torch.Tensor) -> None:
         """Fit each view's calibration against the DRR of the batch-mean estimate."""
-        pred = self.project(u.mean(0, keepdim=True))[0].numpy()
+        pred = self.project(u.mean(0, keepdim=True))[0].cpu().numpy()
         self.calibrations = [fit_view_calibration(obs, pred[k]) for k, obs in enumerate(self.observed)]
         tw = [c.target_line_integrals(obs) for c, obs in zip(self.calibrations, self.observed)]
-        self.targets = torch.stack([torch.as_tensor(np.asarray(t, np.float32)) for t, _ in tw])
-        self.weights = torch.stack([torch.as_tensor(np.asarray(w, np.float32)) for _, w in tw])
+        self.targets = torch.stack([torch.as_tensor(np.asarray(t, np.float32)) for t, _ in tw]).to(self.device)
+        self.weights = torch.stack([torch.as_tensor(np.asarray(w, np.float32)) for _, w in tw]).to(self.device)
         self._norm2 = None
 
     def _due(self) -> bool:
@@ -118,7 +130,7 @@ class ViewConsistency:
         """||W A||^2 by a few power iterations (cached until the next recalibration)."""
         if self._norm2 is None:
             gen = torch.Generator().manual_seed(0)
-            v = torch.rand((1, *shape[1:]), generator=gen)
+            v = torch.rand((1, *shape[1:]), generator=gen).to(self.device)
             lam = 1.0
             for _ in range(8):
                 w = self.normal(v)
@@ -140,8 +152,9 @@ class ViewConsistency:
         out = {"config": self.cfg.to_dict(), "views": {}}
         res = None
         if unit_volume is not None and self.targets is not None:
-            u = torch.as_tensor(np.asarray(unit_volume, np.float32))
-            u = _to_grid(u, self.grid.size)
+            u = torch.as_tensor(np.asarray(unit_volume, np.float32)) if not torch.is_tensor(unit_volume) \
+                else unit_volume.float()
+            u = _to_grid(u.to(self.device), self.grid.size)
             res = self.relative_residual(u[None])
         for k, name in enumerate(self.names):
             entry = {"calibration": self.calibrations[k].to_dict() if self.calibrations else None}
@@ -157,6 +170,7 @@ class ViewConsistency:
             self.stage, self.calls = stage, 0
         u = ((x0_hat.detach().float() + 1.0) * 0.5).clamp(0.0, 1.0)
         u = u[:, 0] if u.dim() == 5 else u
+        self.to(u.device)
         if self._due():
             self.calibrate(u)
         self.calls += 1
@@ -176,7 +190,7 @@ class ViewConsistency:
             fade = fade_weight(step_index, num_steps, self.cfg.fade_fraction)
             if self.cfg.strength <= 0 or fade <= 0:
                 return x0_hat
-            with torch.autocast("cpu", enabled=False), torch.no_grad():
+            with torch.autocast(x0_hat.device.type, enabled=False), torch.no_grad():
                 u = self._prepare(x0_hat, "coarse")
                 r = self.weighted_residual(u)
                 g = self.support(u) * self.projector.adjoint(self.weights * r)
@@ -209,7 +223,7 @@ class ViewConsistency:
             fade = fade_weight(step_index, num_steps, self.cfg.fade_fraction) * self.cfg.strength
             if fade <= 0:
                 return x0_hat
-            with torch.autocast("cpu", enabled=False), torch.no_grad():
+            with torch.autocast(x0_hat.device.type, enabled=False), torch.no_grad():
                 u_hat = self._prepare(x0_hat, "fine")
                 gamma = self.cfg.gamma * self.operator_norm2(u_hat.shape)
                 s = self.support(u_hat)

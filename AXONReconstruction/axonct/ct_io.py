@@ -7,6 +7,7 @@ folder and says what is wrong in words a clinician can act on.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -17,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import AxonInputError
+from .volume_integrity import check_not_truncated
 
 MIN_SLICES = 8
 """Fewer slices than this cannot be a chest CT volume (and a 3D model cannot use it)."""
@@ -26,6 +28,16 @@ MAX_GAP_DEVIATION = 0.25
 
 MAX_SHEAR_MM = 1.0
 """Slice origins may drift off the slice normal by this much (rounding); more is gantry tilt."""
+
+AIR_BELOW_HU = -500.0
+MIN_AIR_FRACTION = 0.001
+"""A chest CT has air (around the body, in the lungs, in the trachea) near -1000 HU: at least this
+fraction of its voxels must lie below ``AIR_BELOW_HU``, or the values are not Hounsfield units."""
+
+HU_STORAGE_OFFSET = 1024.0
+"""CTs are often stored as HU+1024 (unsigned); without the rescale the values start near 0."""
+
+log = logging.getLogger("axonct.ct_io")
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -403,33 +415,65 @@ def _as_3d_float(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-def _check_values(image: sitk.Image, path: Path) -> list[str]:
+def _air_fraction(a: np.ndarray, offset: float = 0.0) -> float:
+    """Fraction of voxels that are air (below ``AIR_BELOW_HU``) once ``offset`` is added."""
+    return float(np.count_nonzero(a < AIR_BELOW_HU - offset)) / max(1, a.size)
+
+
+def _check_values(image: sitk.Image, path: Path, hu_offset: float = 0.0) -> tuple[sitk.Image, list[str]]:
+    """Refuse values that are not Hounsfield units; apply an explicit ``hu_offset`` first if given.
+
+    Returns the (possibly shifted) image and notes for the user.
+    """
     a = sitk.GetArrayViewFromImage(image)
     if np.isnan(a).any():
         raise AxonInputError(path, f"contains NaN values ({int(np.isnan(a).sum())} voxels); cannot use it as a CT")
     if not np.isfinite(a).all():
         raise AxonInputError(path, "contains infinite values; cannot use it as a CT")
     lo, hi = float(a.min()), float(a.max())
-    if hi < -500 or hi - lo < 200:
+    notes = []
+    if hu_offset:
+        if _air_fraction(a) >= MIN_AIR_FRACTION:
+            raise AxonInputError(
+                path, f"already has air near -1000 HU (values run from {lo:.4g} to {hi:.4g}); leave out --hu-offset, "
+                "which is only for CTs stored as HU+1024 without their rescale")
+        image = sitk.ShiftScale(image, float(hu_offset), 1.0)
+        a = sitk.GetArrayViewFromImage(image)
+        lo, hi = lo + hu_offset, hi + hu_offset
+        note = f"added {hu_offset:g} to every value (--hu-offset); values now run from {lo:.4g} to {hi:.4g} HU"
+        log.warning("%s: %s", path, note)
+        notes.append(note)
+    range_text = f"values run from {lo:.4g} to {hi:.4g}"
+    if hi < AIR_BELOW_HU or hi - lo < 200:
         raise AxonInputError(
             path,
-            f"does not look like a CT in Hounsfield units (values run from {lo:g} to {hi:g}; "
+            f"does not look like a CT in Hounsfield units ({range_text}; "
             "a chest CT has air near -1000 and soft tissue near 0-100)",
         )
-    notes = []
-    if lo >= -200:
-        notes.append(
-            f"lowest value is {lo:g}: no air near -1000 HU; the data may be stored as HU+1024 without a rescale"
-        )
-    return notes
+    air = _air_fraction(a)
+    if air < MIN_AIR_FRACTION:
+        problem = (f"does not look like a CT in Hounsfield units: no air ({range_text}, "
+                   f"{100 * air:.2g}% of voxels below {AIR_BELOW_HU:g}; a chest CT has air near -1000 HU)")
+        shifted_air = _air_fraction(a, -HU_STORAGE_OFFSET)
+        if not hu_offset and -50 <= lo <= 100 and hi <= 6000 and shifted_air >= MIN_AIR_FRACTION:
+            problem += (f"; it looks like HU+1024 stored without its rescale: if it is a CT, "
+                        f"rerun with --hu-offset -{HU_STORAGE_OFFSET:g}")
+        raise AxonInputError(path, problem)
+    return image, notes
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
-    """Read a CT as float32 HU plus metadata (patient_id, modality, source_path, ...)."""
+def read_ct_with_meta(path: str | Path, hu_offset: float = 0.0) -> tuple[sitk.Image, dict]:
+    """Read a CT as float32 HU plus metadata (patient_id, modality, source_path, ...).
+
+    Values must be Hounsfield units (air near -1000 must be present). ``hu_offset`` (e.g. -1024) is
+    added to a CT stored as HU+1024 without its rescale; it is refused on data that already has air.
+    """
     path = Path(path)
+    if not math.isfinite(hu_offset):
+        raise AxonInputError(None, f"--hu-offset must be a finite number (got {hu_offset})")
     if not path.exists():
         raise AxonInputError(path, "does not exist")
     meta: dict = {"source_path": str(path)}
@@ -452,7 +496,8 @@ def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
             info = matches[0]
         image, extra = _read_dicom_series(info, where)
         image = _as_3d_float(image, Path(info.folder))
-        warnings = extra["warnings"] + _check_values(image, Path(info.folder))
+        image, notes = _check_values(image, Path(info.folder), hu_offset)
+        warnings = extra["warnings"] + notes
         meta.update(
             format="dicom",
             patient_id=info.patient_id or Path(info.folder).name,
@@ -473,6 +518,7 @@ def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
                 f"unsupported file type {suf or '(no extension)'}; use a DICOM folder or "
                 + ", ".join(VOLUME_SUFFIXES),
             )
+        check_not_truncated(path)  # ITK fills a short .nii.gz with zeros, without an error
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -482,7 +528,7 @@ def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
             bad = _nifti_nonfinite(path)
             if bad is not None:
                 raise AxonInputError(path, f"contains {bad} values; cannot use it as a CT")
-        warnings = _check_values(image, path)
+        image, warnings = _check_values(image, path, hu_offset)
         meta.update(
             format=suf.lstrip("."), patient_id=_stem(path), modality="CT", n_slices=image.GetDepth(), warnings=warnings
         )
@@ -495,6 +541,6 @@ def read_ct_with_meta(path: str | Path) -> tuple[sitk.Image, dict]:
     return image, meta
 
 
-def read_ct(path: str | Path) -> sitk.Image:
+def read_ct(path: str | Path, hu_offset: float = 0.0) -> sitk.Image:
     """Read a CT volume (DICOM folder/file, NIfTI, NRRD, MHA/MHD) as a float32 HU image."""
-    return read_ct_with_meta(path)[0]
+    return read_ct_with_meta(path, hu_offset)[0]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_dir
 from .ct_io import read_ct_with_meta
 from .ct_preprocess import ct_to_model
 from .drr import drr_from_unit_volume
@@ -22,18 +21,30 @@ from .evaluation import compare, flat_metrics, save_comparison_montage
 from .pipeline import AxonPipeline, to_final_grid
 from .reprojection import consistency_report
 from .sample_data import sample_ct_path
+from .output_policy import Outputs
 from .volume_export import write_volume
 from .xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
 
+DEMO_FILES = ("reconstruction.nrrd", "ground_truth_model_grid.nrrd", "input_frontal.png", "input_lateral.png",
+              "montage.png", "metrics.json")
+
+
 def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "realistic", seed: int = 0,
-             steps: int | None = None, device: str = "auto", progress=None, consistency: bool = True) -> dict:
-    from .benchmark import resolve_device
+             steps: int | None = None, device: str = "auto", progress=None, consistency: bool = True,
+             precision: str = "auto", overwrite: bool = False) -> dict:
+    from .runtime import resolve_device
     from .worker import default_weights_dir
 
     t0 = time.time()
+    out = Path(out)
+    outputs = Outputs("demo", overwrite=overwrite)  # every output checked before any compute
+    outputs.folder(out)
+    for name in DEMO_FILES:
+        outputs.file(out / name)
+    outputs.check(64 << 20)
     ct_path = sample_ct_path(fetch=True)
-    pipe = AxonPipeline.load(weights or default_weights_dir(), resolve_device(device))
+    pipe = AxonPipeline.load(weights or default_weights_dir(), resolve_device(device), precision=precision)
     data = pipe.preset.data
     image, meta = read_ct_with_meta(ct_path)
     truth = ct_to_model(image, data.grid, remove_bed=data.remove_bed)
@@ -60,15 +71,17 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     metrics["seconds"] = {**{k: round(v, 1) for k, v in rec.seconds.items()}, "total": round(time.time() - t0, 1)}
     metrics["views"] = views
     metrics["consistency"] = "on" if consistency else "off"
-    with atomic_dir(out) as tmp:
-        write_volume(rec.volume().to_hu_image(), tmp / "reconstruction.nrrd")
-        write_volume(truth.to_hu_image(), tmp / "ground_truth_model_grid.nrrd")
+    metrics["device"] = str(pipe.device)
+    metrics["precision"] = pipe.precision.to_dict()
+    with outputs:  # written beside whatever the folder holds; all appear together
+        write_volume(rec.volume().to_hu_image(), out / "reconstruction.nrrd", outputs=outputs)
+        write_volume(truth.to_hu_image(), out / "ground_truth_model_grid.nrrd", outputs=outputs)
         from PIL import Image
 
         from .montage import to_uint8
 
         for i, name in enumerate(("frontal", "lateral")):
-            Image.fromarray(to_uint8(model_views[i], 0.0, 1.0)).save(tmp / f"input_{name}.png")
-        save_comparison_montage(truth.array, {"AXON": rec.mean}, tmp / "montage.png")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            Image.fromarray(to_uint8(model_views[i], 0.0, 1.0)).save(outputs.path(out / f"input_{name}.png"))
+        save_comparison_montage(truth.array, {"AXON": rec.mean}, outputs.path(out / "montage.png"))
+        outputs.path(out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -10,13 +10,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .atomic import atomic_dir, atomic_path
+from .atomic import atomic_path
 from .config import DataConfig
 from .ct_io import read_ct_with_meta
 from .ct_preprocess import ModelVolume, ct_to_model
 from .drr import drr_from_unit_volume
 from .geometry import view_geometry
 from .montage import orthogonal_slices, save_montage, to_uint8
+from .output_policy import Outputs
 from .xray_realism import RealismConfig, simulate_radiograph
 
 
@@ -27,8 +28,9 @@ class TrainingPair:
     meta: dict
 
 
-def make_training_pair(ct_path: str | Path, cfg: DataConfig, device: str = "cpu") -> TrainingPair:
-    image, meta = read_ct_with_meta(ct_path)
+def make_training_pair(ct_path: str | Path, cfg: DataConfig, device: str = "cpu",
+                       hu_offset: float = 0.0) -> TrainingPair:
+    image, meta = read_ct_with_meta(ct_path, hu_offset=hu_offset)
     mv = ct_to_model(image, cfg.grid, remove_bed=cfg.remove_bed)
     cube = torch.from_numpy(mv.array).to(device)
     with torch.no_grad():
@@ -67,12 +69,25 @@ def export_drrs(
     seed: int = 0,
     save_cube: bool = True,
     device: str = "cpu",
+    hu_offset: float = 0.0,
+    overwrite: bool = False,
 ) -> dict:
-    """Write the views (NRRD + PNG), the model cube, geometry.json and a montage; all or nothing."""
+    """Write the views (NRRD + PNG), the model cube, geometry.json and a montage; all or nothing.
+
+    ``out_dir`` may already exist: the files are written beside what it holds (`output_policy`), and
+    every output name is checked (and the location for space) before the CT is even read."""
     out_dir = Path(out_dir)
-    pair = make_training_pair(ct_path, cfg, device)
+    outputs = Outputs("drr", overwrite=overwrite)
+    outputs.folder(out_dir)
+    names = drr_file_names(cfg, realism is not None, save_cube)
+    for name in names:
+        outputs.file(out_dir / name)
+    p, s = cfg.geometry.detector_pixels, cfg.grid.size
+    outputs.check(len(names) * p * p * 4 + (s**3 * 4 if save_cube else 0) + (4 << 20))
+    pair = make_training_pair(ct_path, cfg, device, hu_offset=hu_offset)
     written = {}
-    with atomic_dir(out_dir) as tmp:
+    tmp = _Staged(outputs, out_dir)
+    with outputs:
         montage_rows = [[(f"CT {k}", v) for k, v in orthogonal_slices(pair.volume.array).items()], []]
         realistic_row = []
         for i, name in enumerate(cfg.views):
@@ -99,6 +114,7 @@ def export_drrs(
         info = {
             "source": str(ct_path),
             "patient_id": pair.meta.get("patient_id"),
+            **({"hu_offset": hu_offset} if hu_offset else {}),
             "config": cfg.to_dict(),
             "cube_center_lps_mm": list(pair.volume.center_lps),
             "views": {n: view_geometry(n, cfg.geometry).to_dict() for n in cfg.views},
@@ -107,3 +123,25 @@ def export_drrs(
         }
         (tmp / "geometry.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def drr_file_names(cfg: DataConfig, realism: bool, save_cube: bool) -> list[str]:
+    """Every file `export_drrs` writes, known before any compute."""
+    names = []
+    for name in cfg.views:
+        names += [f"{name}.nrrd", f"{name}.png"]
+        if realism:
+            names += [f"{name}_realistic.nrrd", f"{name}_realistic.png"]
+    if save_cube:
+        names.append("ct_model_grid.nrrd")
+    return names + ["montage.png", "geometry.json"]
+
+
+class _Staged:
+    """``staged / "name"``: the temporary path of ``folder/name`` in a run's `Outputs`."""
+
+    def __init__(self, outputs: Outputs, folder: Path):
+        self.outputs, self.folder = outputs, folder
+
+    def __truediv__(self, name: str) -> Path:
+        return self.outputs.path(self.folder / name)

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path, write_text
+from .output_policy import Outputs
 from .config import VolumeGrid
 from .ct_preprocess import ct_to_model, hu_to_unit, unit_to_hu
 from .errors import AxonInputError
@@ -102,20 +102,33 @@ def load_prediction(path: str | Path) -> tuple[np.ndarray, VolumeGrid]:
     return hu_to_unit(sitk.GetArrayFromImage(img).astype(np.float32), grid), grid
 
 
-def ground_truth_on_grid(path: str | Path, grid: VolumeGrid, remove_bed: bool = True) -> np.ndarray:
+def ground_truth_on_grid(path: str | Path, grid: VolumeGrid, remove_bed: bool = True,
+                         hu_offset: float = 0.0) -> np.ndarray:
     from .ct_io import read_ct
 
-    return ct_to_model(read_ct(path), grid, remove_bed=remove_bed).array
+    return ct_to_model(read_ct(path, hu_offset=hu_offset), grid, remove_bed=remove_bed).array
 
 
-def evaluate_files(pred: str | Path, gt: str | Path, montage: str | Path | None = None) -> dict:
+def evaluate_files(pred: str | Path, gt: str | Path, montage: str | Path | None = None,
+                   hu_offset: float = 0.0, overwrite: bool = False, emit=None) -> dict:
+    """``hu_offset`` applies to the ground truth only (a CT stored as HU+1024 without its rescale).
+    The montage location is checked before any compute; ``emit(result)`` (e.g. printing the metrics)
+    runs before the montage is written, so a failing montage cannot lose the metrics."""
+    outputs = Outputs("evaluate", overwrite=overwrite)
+    if montage:
+        outputs.file(montage)
+        outputs.check(4 << 20)
     p, grid = load_prediction(pred)
-    g = ground_truth_on_grid(gt, grid)
+    g = ground_truth_on_grid(gt, grid, hu_offset=hu_offset)
     result = {"prediction": str(pred), "ground_truth": str(gt), "grid": {"size": grid.size, "fov_mm": grid.fov_mm},
               **compare(p, g, grid)}
     if montage:
-        save_comparison_montage(g, {"prediction": p}, montage)
         result["montage"] = str(montage)
+    if emit is not None:
+        emit(result)
+    if montage:
+        with outputs:
+            save_comparison_montage(g, {"prediction": p}, outputs.path(montage))
     return result
 
 
@@ -178,7 +191,8 @@ def unexplained_fraction(pred: torch.Tensor, truth: torch.Tensor) -> float:
 def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str | Path, steps: int | None = None,
                    seed: int = 0, views: str = "realistic", device: str = "cpu", lateral: bool = True,
                    progress=None, consistency_strength: float = 1.0, ablation: bool = True,
-                   template: bool = True, max_cases: int | None = None, fine_strength: float | None = None) -> dict:
+                   template: bool = True, max_cases: int | None = None, fine_strength: float | None = None,
+                   precision: str = "auto", overwrite: bool = False) -> dict:
     """Every case of a split, as an ablation on the final grid: the mean-CT atlas, the X2CT-style CNN
     (if trained), the template fit alone, and the pipeline without and with reprojection consistency,
     each cut after every stage. Columns: PSNR/SSIM in both conventions, MAE, and the DRR residuals
@@ -188,7 +202,10 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     from .pipeline import AxonPipeline, to_final_grid
     from .xray_realism import RealismConfig
 
-    pipeline = AxonPipeline.load(weights, device)
+    from .runtime import resolve_device
+
+    device = resolve_device(device)
+    pipeline = AxonPipeline.load(weights, device, precision=precision)
     preset = pipeline.preset
     cache = CTCache(data, expected=preset.data)
     ids = cache.case_ids(split)
@@ -207,7 +224,11 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     baseline = _load_baseline(weights, preset, device)
     grid = preset.data.grid
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = Outputs("evaluate", overwrite=overwrite)  # checked before any compute, committed together
+    outputs.folder(out)
+    for name in ["cases.csv", "summary.json", "summary.md"] + [f"montages/{case}.png" for case in ids]:
+        outputs.file(out / name)
+    outputs.check(len(ids) * (2 << 20) + (1 << 20))
     variants = [("AXON", None)]
     if ablation or consistency_strength > 0:
         variants = ([("AXON (no consistency)", None)] if ablation else []) + \
@@ -250,21 +271,22 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
                          **drr_residuals(pred, gt, preset.data, mask, gt_drrs)})
         finals = [k for k in preds if k.endswith("stages I+II+III")]
         save_comparison_montage(gt, {k: preds[k] for k in finals + [k for k in preds if k == "mean-CT atlas"]},
-                                out / "montages" / f"{case}.png")
-    with atomic_path(out / "cases.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+                                outputs.path(out / "montages" / f"{case}.png"))  # staged (cli.main discards on failure)
+    with open(outputs.path(out / "cases.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
     summary = summarise(rows)
+    summary["device"], summary["precision"] = str(pipeline.device), pipeline.precision.to_dict()
     summary.update({"split": split, "cases": len(ids), "views": views, "lateral": lateral,
                     "weights": str(weights), "preset": preset.name, "case_is": sorted({r["case_is"] for r in rows}),
                     "cases_seen_in_training": sorted(set(ids) & train_ids),
                     "consistency_strength": consistency_strength, "atlas": atlas_source,
                     "fine_strength": fine_strength if fine_strength is not None else preset.prior.start_strength,
                     "oblique_view_deg": OBLIQUE_ANGLE_DEG})
-    write_text(out / "summary.json", json.dumps(summary, indent=2))
-    write_text(out / "summary.md", summary_table(summary))
+    with outputs:
+        outputs.path(out / "summary.json").write_text(json.dumps(summary, indent=2))
+        outputs.path(out / "summary.md").write_text(summary_table(summary))
     return summary
 
 

@@ -36,7 +36,12 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 def randn(shape, generator: torch.Generator, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normal noise drawn on the generator's device, then moved: the same seed gives the same
     numbers whatever device the model runs on (and a CPU generator works with a CUDA model)."""
-    out = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    if isinstance(generator, (list, tuple)):  # one generator per batch item (batched samples)
+        from .bbdm import per_sample_randn
+
+        out = per_sample_randn(tuple(shape), generator)
+    else:
+        out = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
     return out.to(device=device if device is not None else out.device, dtype=dtype)
 
 
@@ -175,6 +180,7 @@ def _unet_kwargs(cfg: PriorConfig) -> dict:
         num_res_blocks=cfg.res_blocks,
         num_head_channels=cfg.num_head_channels,
         norm_num_groups=norm_groups(cfg.channels),
+        use_flash_attention=True,  # torch's scaled-dot-product attention: same weights, fused kernels
     )
 
 

@@ -24,6 +24,7 @@ from .errors import AxonInputError
 from .presets import ModelPreset
 from .radiograph_io import Radiograph, read_radiograph
 from .radiograph_preprocess import to_model_view
+from .runtime import Precision, resolve_precision
 
 STAGE_ORDER = ("coarse", "fine", "sr")
 PROGRESS_PREFIX = "AXON_PROGRESS "
@@ -105,14 +106,17 @@ class AxonPipeline:
     """The three trained stages on one device; `load` reads them from a weights folder."""
 
     def __init__(self, preset: ModelPreset, coarse, fine, sr, device: str | torch.device = "cpu",
-                 cards: dict | None = None, amp: bool | None = None):
+                 cards: dict | None = None, precision: str | Precision = "auto"):
         self.preset, self.coarse, self.fine, self.sr = preset, coarse, fine, sr
         self.device = torch.device(device)
-        self.amp = (self.device.type in ("cpu", "cuda")) if amp is None else amp  # bf16 autocast
+        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision, self.device)
+        if self.device.type == "cuda":  # shapes stay fixed through the sampling loops: autotune once
+            torch.backends.cudnn.benchmark = True
         self.cards = cards or {}
 
     @classmethod
-    def load(cls, weights_dir: str | Path, device: str | torch.device = "cpu") -> "AxonPipeline":
+    def load(cls, weights_dir: str | Path, device: str | torch.device = "cpu",
+             precision: str | Precision = "auto") -> "AxonPipeline":
         from .training import load_trained_stage
 
         weights_dir = Path(weights_dir)
@@ -123,17 +127,18 @@ class AxonPipeline:
         preset = ModelPreset.from_dict(card["config"])
         stages = [load_trained_stage(s, weights_dir, preset, device) for s in ("coarse", "controlnet", "sr")]
         cards = {s: read_card(weights_dir, s) for s in ("coarse", "controlnet", "sr")}
-        return cls(preset, *stages, device=device, cards=cards)
+        return cls(preset, *stages, device=device, cards=cards, precision=precision)
 
     @classmethod
-    def untrained(cls, preset: ModelPreset, device: str | torch.device = "cpu") -> "AxonPipeline":
+    def untrained(cls, preset: ModelPreset, device: str | torch.device = "cpu",
+                  precision: str | Precision = "auto") -> "AxonPipeline":
         """Randomly initialised stages: same cost as trained ones (for benchmarks)."""
         from .training import build_stage
 
         torch.manual_seed(0)
         prior_stage = build_stage("controlnet", preset)
         stages = [build_stage("coarse", preset), prior_stage, build_stage("sr", preset)]
-        return cls(preset, *[m.to(device).eval() for m in stages], device=device)
+        return cls(preset, *[m.to(device).eval() for m in stages], device=device, precision=precision)
 
     # ------------------------------------------------------------------ inputs
     def model_views(self, frontal: str | Path | Radiograph | np.ndarray,
@@ -153,20 +158,20 @@ class AxonPipeline:
 
     # ------------------------------------------------------------------ the run
     def _autocast(self):
-        if self.amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        import contextlib
-
-        return contextlib.nullcontext()
+        return self.precision.autocast(self.device)
 
     def reconstruct(self, views: np.ndarray, view_mask: np.ndarray, steps: int | None = None,
                     samples: int = 1, seed: int = 0, progress: ProgressFn | None = None,
                     stop_after: str = "sr", coarse_guidance=None, fine_guidance=None,
-                    consistency=None, start=None, fine_strength: float | None = None) -> Reconstruction:
+                    consistency=None, start=None, fine_strength: float | None = None,
+                    batch_size: int | None = None) -> Reconstruction:
         """``consistency``: a `consistency.ConsistencyConfig` to steer both samplers towards agreement
         with the input views (replaces the guidance arguments). ``start``: an optional [S,S,S] unit
         volume on the final grid (e.g. a template fit) that replaces Stage I's output as Stage II's
-        starting point. ``fine_strength``: Stage II's SDEdit start strength (default: the weights' own)."""
+        starting point. ``fine_strength``: Stage II's SDEdit start strength (default: the weights' own).
+        ``batch_size``: samples drawn together (default: all K at once on a GPU, halved on out-of-memory;
+        one at a time on a CPU). Sample k's noise comes from its own generator, so batching does not
+        change results, and mean/std are accumulated as samples finish: memory does not grow with K."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
         if stop_after not in STAGE_ORDER:
@@ -175,7 +180,6 @@ class AxonPipeline:
         v = torch.from_numpy(views)[None].to(self.device)
         m = torch.from_numpy(view_mask)[None].to(self.device)
         seconds = {k: 0.0 for k in STAGE_ORDER}
-        collected: dict[str, list[torch.Tensor]] = {k: [] for k in STAGE_ORDER}
         coarse_steps = steps or self.preset.coarse.sample_steps
         fine_steps = steps or self.preset.prior.sample_steps
         checker = None
@@ -191,41 +195,126 @@ class AxonPipeline:
             s_t = torch.from_numpy(np.ascontiguousarray(start, np.float32))[None, None] * 2 - 1
             f = self.preset.sr.factor
             start_lo = (F.avg_pool3d(s_t, f) if f > 1 else s_t).to(self.device)
-        for k in range(samples):
-            gen = torch.Generator().manual_seed(int(seed) * 1000 + k)
-            tag = f" (sample {k + 1}/{samples})" if samples > 1 else ""
-            with torch.no_grad(), self._autocast():
-                t = time.time()
-                if start_lo is not None:
-                    x = start_lo.clone()
-                    progress("coarse" + tag, 0, 1)
-                else:
-                    x = self.coarse.sample(v, m, num_steps=coarse_steps, generator=gen, guidance=coarse_guidance,
-                                           progress=lambda i, n: progress("coarse" + tag, i, n)).float()
-                seconds["coarse"] += time.time() - t
-                collected["coarse"].append(x)
-                if stop_after != "coarse":
-                    t = time.time()
-                    x = self.fine.sample(x, gen, num_steps=fine_steps, guidance=fine_guidance,
-                                         start_strength=fine_strength,
-                                         progress=lambda i, n: progress("fine" + tag, i, n)).float()
-                    seconds["fine"] += time.time() - t
-                    collected["fine"].append(x)
-                if stop_after == "sr":
-                    from .sr_stage import upsample_tiled
-
-                    t = time.time()
-                    x = upsample_tiled(self.sr, x, progress=lambda i, n: progress("sr" + tag, i, n)).float()
-                    seconds["sr"] += time.time() - t
-                    collected["sr"].append(x)
-        unit = {k: ((torch.cat(v_, 0) + 1) / 2).clamp(0, 1).cpu() for k, v_ in collected.items() if v_}
-        cuts = {k: u.mean(0)[0].numpy() for k, u in unit.items()}
-        last = unit[stop_after]
-        final = last if stop_after == "sr" else to_final_grid(last, self.preset.data.grid.size)
-        mean = final.mean(0)[0].numpy()
-        std = final.std(0, unbiased=True)[0].numpy() if samples > 1 else None
+        stats = {k: RunningMoments() for k in STAGE_ORDER}
+        k = 0
+        batch = self._sample_batch(samples, batch_size)
+        while k < samples:
+            n = min(batch, samples - k)
+            try:
+                outs = self._sample_chunk(v, m, k, n, samples, seed, start_lo, coarse_steps, fine_steps,
+                                          coarse_guidance, fine_guidance, fine_strength, stop_after, progress,
+                                          seconds)
+            except Exception as exc:  # a GPU batch that does not fit: halve it and redo this chunk
+                if n == 1 or self.device.type != "cuda" or not is_out_of_memory(exc):
+                    raise
+                torch.cuda.empty_cache()
+                batch = max(1, n // 2)
+                continue
+            for name, x in outs.items():
+                stats[name].add(((x.float() + 1) / 2).clamp(0, 1).cpu())
+            k += n
+        self.last_batch = batch
+        cuts = {name: st.mean[0, 0].numpy() for name, st in stats.items() if st.count}
+        last = stats[stop_after]
+        mean_t = last.mean
+        final = mean_t if stop_after == "sr" else to_final_grid(mean_t, self.preset.data.grid.size)
+        mean = final[0, 0].numpy()
+        std = None
+        if samples > 1:
+            std_t = last.std()
+            std = (std_t if stop_after == "sr" else to_final_grid(std_t, self.preset.data.grid.size))[0, 0].numpy()
         report = checker.report(mean) if checker is not None else None
         return Reconstruction(mean, std, cuts, self.preset, views, view_mask, seconds, report)
+
+
+    def _sample_batch(self, samples: int, batch_size: int | None) -> int:
+        if batch_size is not None:
+            if batch_size < 1:
+                raise AxonInputError(None, "batch size must be at least 1")
+            return min(int(batch_size), samples)
+        return samples if self.device.type == "cuda" else 1
+
+    def _sample_chunk(self, v, m, first, n, samples, seed, start_lo, coarse_steps, fine_steps, coarse_guidance,
+                      fine_guidance, fine_strength, stop_after, progress, seconds) -> dict[str, torch.Tensor]:
+        """Samples first..first+n-1 as one batch through the stages; returns each stage's output."""
+        gens = [torch.Generator().manual_seed(int(seed) * 1000 + first + j) for j in range(n)]
+        gen = gens[0] if n == 1 else gens
+        if samples == 1:
+            tag = ""
+        elif n == 1:
+            tag = f" (sample {first + 1}/{samples})"
+        else:
+            tag = f" (samples {first + 1}-{first + n}/{samples})"
+        outs: dict[str, torch.Tensor] = {}
+        vb, mb = v.expand(n, *v.shape[1:]), m.expand(n, *m.shape[1:])
+        with torch.no_grad(), self._autocast():
+            t = time.time()
+            if start_lo is not None:
+                x = start_lo.expand(n, *start_lo.shape[1:]).clone()
+                progress("coarse" + tag, 0, 1)
+            else:
+                x = self.coarse.sample(vb, mb, num_steps=coarse_steps, generator=gen, guidance=coarse_guidance,
+                                       progress=lambda i, total: progress("coarse" + tag, i, total)).float()
+            self._sync()
+            seconds["coarse"] += time.time() - t
+            outs["coarse"] = x
+            if stop_after != "coarse":
+                t = time.time()
+                x = self.fine.sample(x, gen, num_steps=fine_steps, guidance=fine_guidance,
+                                     start_strength=fine_strength,
+                                     progress=lambda i, total: progress("fine" + tag, i, total)).float()
+                self._sync()
+                seconds["fine"] += time.time() - t
+                outs["fine"] = x
+            if stop_after == "sr":
+                from .sr_stage import upsample_tiled
+
+                t = time.time()
+                x = upsample_tiled(self.sr, x, progress=lambda i, total: progress("sr" + tag, i, total)).float()
+                self._sync()
+                seconds["sr"] += time.time() - t
+                outs["sr"] = x
+        return outs
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class RunningMoments:
+    """Mean and unbiased std of volumes added batch by batch (Chan/Welford), on the CPU in float64:
+    K samples cost the memory of one, not K."""
+
+    def __init__(self):
+        self.count = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+
+    def add(self, batch: torch.Tensor) -> None:
+        b = batch.to(torch.float64)
+        n_b = b.shape[0]
+        mean_b = b.mean(0, keepdim=True)
+        m2_b = ((b - mean_b) ** 2).sum(0, keepdim=True)
+        if self._mean is None:
+            self._mean, self._m2, self.count = mean_b, m2_b, n_b
+            return
+        n = self.count + n_b
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (n_b / n)
+        self._m2 = self._m2 + m2_b + delta**2 * (self.count * n_b / n)
+        self.count = n
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean.float()
+
+    def std(self) -> torch.Tensor:
+        return (self._m2 / max(self.count - 1, 1)).sqrt().float()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
 
 
 def to_final_grid(unit: torch.Tensor, size: int) -> torch.Tensor:

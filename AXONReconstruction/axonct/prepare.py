@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -75,7 +76,8 @@ def discover_cases(paths: list[str | Path]) -> tuple[list[CaseSource], list[dict
             seen_folders.add(str(s.folder))
             found.append((str(s.folder), s.patient_id or _patient_from_name(Path(s.folder))))
     if not found and not problems:
-        problems.append({"source": ", ".join(map(str, paths)), "error": "no CT volumes or CT DICOM series found"})
+        where = ", ".join(map(str, paths))
+        problems.append({"source": where, "error": f"{where}: no CT volumes or CT DICOM series found"})
     cases, used = [], set()
     for path, patient in found:
         case_id = _safe_id(patient)
@@ -110,6 +112,50 @@ def patient_key(text: str) -> str:
 def read_id_list(path: str | Path) -> list[str]:
     lines = Path(path).read_text().splitlines()
     return [patient_key(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def check_options(out: Path, workers: int, val_fraction: float, test_fraction: float,
+                  lists: dict[str, str | Path | None]) -> dict[str, list[str] | None]:
+    """Refuse impossible options before anything is written; returns the split lists, read."""
+    if out.exists() and not out.is_dir():
+        raise AxonInputError(out, "is a file; --out needs a cache folder")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise AxonInputError(None, f"--workers must be a whole number of at least 1 (got {workers})")
+    for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not (np.isfinite(value) and 0.0 <= value < 1.0):
+            raise AxonInputError(None, f"{option} must be at least 0 and below 1 (got {value:g})")
+    if val_fraction + test_fraction >= 1.0:
+        raise AxonInputError(None, f"--val-fraction + --test-fraction must be below 1 (got {val_fraction:g} + "
+                                   f"{test_fraction:g}); nothing would be left to train on")
+    read = {}
+    for name, path in lists.items():
+        if path is None:
+            read[name] = None
+            continue
+        option, path = f"--{name}-list", Path(path)
+        if not path.exists():
+            raise AxonInputError(path, f"does not exist ({option} needs a text file, one patient ID a line)")
+        if path.is_dir():
+            raise AxonInputError(path, f"is a folder ({option} needs a text file, one patient ID a line)")
+        try:
+            read[name] = read_id_list(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AxonInputError(path, f"cannot be read as a text list of patient IDs ({option}): {exc}") from None
+        if not read[name]:
+            raise AxonInputError(path, f"holds no patient IDs ({option} needs one patient ID a line)")
+    return read
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        old = exc
+    if not isinstance(old, dict):
+        why = f" ({old})" if isinstance(old, Exception) else ""
+        raise AxonInputError(path, f"is corrupt{why}, so this cache cannot be resumed; use another --out folder, "
+                                   "or delete manifest.json to rebuild it from the finished cases (same preset only)")
+    return old
 
 
 def make_splits(
@@ -151,14 +197,14 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _prepare_one(source: dict, case_dir: str, cfg_dict: dict) -> dict:
+def _prepare_one(source: dict, case_dir: str, cfg_dict: dict, hu_offset: float = 0.0) -> dict:
     """Runs in a worker: one case, all or nothing."""
     from .drr_export import make_training_pair
 
     t0 = time.time()
     try:
         cfg = DataConfig.from_dict(cfg_dict)
-        pair = make_training_pair(source["path"], cfg)
+        pair = make_training_pair(source["path"], cfg, hu_offset=hu_offset)
         with atomic_dir(case_dir) as tmp:
             np.save(tmp / "ct.npy", pair.volume.array.astype(np.float16))
             np.save(tmp / "drr.npy", pair.drr.astype(np.float32))
@@ -171,6 +217,8 @@ def _prepare_one(source: dict, case_dir: str, cfg_dict: dict) -> dict:
                 "modality": pair.meta.get("modality"),
                 "seconds": round(time.time() - t0, 2),
             }
+            if hu_offset:
+                info["hu_offset"] = hu_offset
             (tmp / "case.json").write_text(json.dumps(info, indent=2))
         return {"status": "done", **info}
     except Exception as exc:  # a bad case must not stop the run
@@ -191,14 +239,19 @@ def prepare_cache(
     test_list: str | Path | None = None,
     val_list: str | Path | None = None,
     progress: bool = True,
+    hu_offset: float = 0.0,
 ) -> dict:
+    """``hu_offset`` is added to CTs stored as HU+1024 without a rescale (see `ct_io.read_ct_with_meta`)."""
     out = Path(out)
+    id_lists = check_options(out, workers, val_fraction, test_fraction,
+                             {"train": train_list, "test": test_list, "val": val_list})
+    manifest_path = out / "manifest.json"
+    old = _read_manifest(manifest_path) if manifest_path.exists() else None
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if (out / "cases").exists():
         remove_partials(out / "cases")  # leftovers of a killed run
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+    if old is not None:
         if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
             raise AxonInputError(out, "this cache was prepared with a different grid/geometry config; "
                                       "use another --out folder or the same preset")
@@ -207,13 +260,16 @@ def prepare_cache(
     todo, done = [], []
     for c in cases:
         case_dir = out / "cases" / c.case_id
-        if (case_dir / "case.json").exists():
-            done.append(json.loads((case_dir / "case.json").read_text()))
+        finished = _read_case(case_dir / "case.json")
+        if finished is not None:
+            done.append(finished)
         else:
             todo.append(c)
     failed = [dict(p, status="failed") for p in problems]
+    # A lone input that cannot be used is reported once, as the command's error, not also as a warning.
+    quiet = not done and len(todo) + len(problems) == 1
     for problem in failed:
-        _log_result(problem, out)
+        _log_result(problem, out, quiet)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     bar = None
     if progress:
@@ -224,17 +280,18 @@ def prepare_cache(
     if workers <= 1:
         _init_worker(threads)
         for c in todo:
-            results.append(_prepare_one(c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict()))
-            _log_result(results[-1], out)
+            results.append(_prepare_one(c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict(), hu_offset))
+            _log_result(results[-1], out, quiet)
             if bar:
                 bar.update(1)
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool:
-            futs = [pool.submit(_prepare_one, c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict()) for c in todo]
+            futs = [pool.submit(_prepare_one, c.__dict__, str(out / "cases" / c.case_id), cfg.to_dict(), hu_offset)
+                    for c in todo]
             for fut in as_completed(futs):
                 results.append(fut.result())
-                _log_result(results[-1], out)
+                _log_result(results[-1], out, quiet)
                 if bar:
                     bar.update(1)
     if bar:
@@ -242,8 +299,8 @@ def prepare_cache(
     done += [r for r in results if r["status"] == "done"]
     failed += [r for r in results if r["status"] == "failed"]
     done.sort(key=lambda r: r["case_id"])
-    id_lists = {k: read_id_list(v) if v else None for k, v in
-                (("train", train_list), ("test", test_list), ("val", val_list))}
+    if not done and failed and all(f.get("traceback") is None for f in failed):
+        _nothing_usable(out, failed, created)
     patients = [r["patient_id"] for r in done]
     splits = make_splits(patients, seed, val_fraction, test_fraction,
                          id_lists["train"], id_lists["test"], id_lists["val"])
@@ -263,9 +320,33 @@ def prepare_cache(
     return manifest
 
 
-def _log_result(r: dict, out: Path) -> None:
+def _read_case(path: Path) -> dict | None:
+    """A finished case's record; an unreadable one means the case is done again."""
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        log.warning("%s is unreadable; preparing that case again", path)
+        return None
+    return info if isinstance(info, dict) and "patient_id" in info else None
+
+
+def _nothing_usable(out: Path, failed: list[dict], created: bool) -> None:
+    """Every input was refused as bad input: an error (exit 2), and no cache folder left behind."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    first = failed[0]["error"]
+    if len(failed) == 1:
+        raise AxonInputError(None, first)
+    raise AxonInputError(None, f"none of the {len(failed)} inputs is a usable CT (each is named above); "
+                               f"the first: {first}")
+
+
+def _log_result(r: dict, out: Path, quiet: bool = False) -> None:
     if r["status"] != "failed":
         return
-    log.warning("skipped %s: %s", r["source"], r["error"])
+    if not quiet or r.get("traceback") is not None:  # quiet: a lone bad input, raised as the error instead
+        log.warning("skipped %s: %s", r["source"], r["error"])
     with open(out / "errors.jsonl", "a") as f:
         f.write(json.dumps({k: r.get(k) for k in ("case_id", "source", "error", "traceback")}) + "\n")

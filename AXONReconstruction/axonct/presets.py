@@ -74,7 +74,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.995
     grad_clip: float = 1.0
-    amp: str = "auto"  # auto: bf16 autocast on CUDA and CPU; or "bf16", "off"
+    precision: str = "auto"  # auto | bf16 | fp32; auto = bf16 only where it is fast (runtime.resolve_precision)
     checkpoint_every: int = 100
     validate_every: int = 100
     log_every: int = 10
@@ -121,8 +121,17 @@ class ModelPreset:
             coarse=build(CoarseConfig, d.get("coarse", {})),
             prior=build(PriorConfig, d.get("prior", {})),
             sr=build(SRConfig, d.get("sr", {})),
-            train=build(TrainConfig, d.get("train", {})),
+            train=build(TrainConfig, _legacy_train(d.get("train", {}))),
         )
+
+
+def _legacy_train(values: dict) -> dict:
+    """Cards written before `precision` replaced `amp` ("auto" | "bf16" | "off") still load."""
+    values = dict(values)
+    if "amp" in values:
+        old = values.pop("amp")
+        values.setdefault("precision", {"off": "fp32"}.get(old, old))
+    return values
 
 
 def model_preset(name: str) -> ModelPreset:

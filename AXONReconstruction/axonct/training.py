@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from . import runtime
 from .atomic import atomic_path, write_text
-from .checkpoint import load_into, load_stage, save_stage
+from .checkpoint import load_into, load_stage, read_resume, save_stage
 from .datasets import Augmentation, BatchMaker, CTCache, step_generator
 from .errors import AxonInputError
 from .metrics import psnr, ssim
@@ -154,14 +155,11 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise AxonInputError(None, "--device cuda was asked for but torch sees no CUDA device")
-        if info is not None and info.world > 1 and name == "cuda":
-            name = f"cuda:{info.local_rank}"
-    return torch.device(name)
+    """`runtime.resolve_device`, plus this process's own GPU under torchrun."""
+    dev = runtime.resolve_device(name)
+    if dev.type == "cuda" and dev.index is None and info is not None and info.world > 1:
+        dev = torch.device(f"cuda:{info.local_rank}")
+    return dev
 
 
 def params_checksum(params: list[torch.Tensor]) -> str:
@@ -172,15 +170,6 @@ def params_checksum(params: list[torch.Tensor]) -> str:
 
 
 # ----------------------------------------------------------------------------- the loop
-def _autocast(preset: ModelPreset, device: torch.device):
-    mode = preset.train.amp
-    if mode == "auto":  # bf16 autocast: ~2-5x faster 3D convs on these CPUs, standard on GPUs
-        mode = "bf16" if device.type in ("cuda", "cpu") else "off"
-    if mode == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -203,6 +192,11 @@ def train(
     info = init_distributed(torch.device("cuda" if device.startswith("cuda") else "cpu"))
     dev = resolve_device(device, info)
     tc = preset.train
+    for name, value in (("steps", tc.steps), ("batch_size", tc.batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise AxonInputError(None, f"train.{name} must be a whole number of at least 1, not {value!r}")
+    precision = runtime.resolve_precision(tc.precision, dev)
+    log(f"train {stage} on {dev}, precision {precision}")
     cache = CTCache(data, expected=preset.data)
     train_ids = cache.case_ids("train") or cache.case_ids("all")
     val_ids, val_label = cache.case_ids("val"), "held-out (val split)"
@@ -234,7 +228,7 @@ def train(
     if state_path.exists() and not resume:
         raise AxonInputError(out, "already holds a training run; pass --resume to continue it or choose another --out")
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location=dev, weights_only=False)
+        state = read_resume(state_path, dev)  # a truncated or damaged file: a message, not a traceback
         if state["stage"] != stage or _resumable(state["preset"]) != _resumable(preset.to_dict()):
             raise AxonInputError(state_path, "was written by a different stage or config; it cannot be resumed with these")
         model.load_state_dict(state["model"])
@@ -266,9 +260,9 @@ def train(
         batch = _to(maker.batch(step, tc.batch_size, tc.seed, info.rank), dev)
         gen = step_generator(tc.seed, step, info.rank, stream=2)
         if coarse is not None:
-            with _autocast(preset, dev):
+            with precision.autocast(dev):
                 batch["cond"] = coarse_condition(coarse, batch, tc.controlnet_cond_steps, gen).float()
-        with _autocast(preset, dev):
+        with precision.autocast(dev):
             loss, logs = loss_module(batch, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,7 +278,7 @@ def train(
             log(f"step {step + 1}: non-finite loss or gradient ({loss_value}, {grad_norm}); update skipped")
             if bad_steps >= 5:
                 raise RuntimeError(f"5 consecutive non-finite steps at step {step + 1}; lower the learning rate, "
-                                   "use --amp off, or check the data")
+                                   "use --precision fp32, or check the data")
         done = step + 1
         if bar:
             bar.update(1)
@@ -302,8 +296,8 @@ def train(
                 _validate(stage, model, coarse, val_maker, val_ids[: tc.val_cases], val_label, preset, dev, out, done)
     if bar:
         bar.close()
-    summary = {"stage": stage, "steps": tc.steps, "final_loss": loss_value, "world_size": info.world,
-               "skipped_nonfinite_steps": skipped}
+    summary = {"stage": stage, "steps": tc.steps, "final_loss": loss_value if math.isfinite(loss_value) else None, "world_size": info.world,
+               "skipped_nonfinite_steps": skipped, "device": str(dev), "precision": precision.to_dict()}
     checksum = params_checksum(params)
     if info.world > 1:
         gathered = [None] * info.world
@@ -349,7 +343,7 @@ def merge_training_record(previous: dict, current: dict) -> dict:
 def _resumable(preset_dict: dict) -> dict:
     """The parts of a config a resumed run must share (steps and cadences may change)."""
     d = json.loads(json.dumps(preset_dict))
-    for k in ("steps", "checkpoint_every", "validate_every", "log_every", "val_cases"):
+    for k in ("steps", "checkpoint_every", "validate_every", "log_every", "val_cases", "precision", "amp"):
         d["train"].pop(k, None)
     return d
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_dir, atomic_path
 from .errors import AxonInputError
 
 FORMATS = {".nrrd": "nrrd", ".nhdr": "nrrd", ".nii": "nifti", ".nii.gz": "nifti", ".mha": "mha"}
@@ -39,19 +38,64 @@ def sibling(path: str | Path, tag: str) -> Path:
     return path.with_name(f"{name}_{tag}")
 
 
-def write_volume(image: sitk.Image, path: str | Path, description: str = "AXON reconstruction") -> Path:
+def report_name(path: str | Path) -> Path:
+    """`scan.v2.nrrd` -> `scan.v2_report.json`; `out_dicom/` -> `out_dicom_report.json` (the whole name
+    up to the volume extension, so `scan.v1` and `scan.v2` runs never share a report)."""
+    path = Path(path)
+    name = path.name
+    for suffix in sorted(FORMATS, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}_report.json")
+
+
+def dicom_slice_names(n_slices: int) -> list[str]:
+    return [f"slice_{k + 1:04d}.dcm" for k in range(n_slices)]
+
+
+def plan_volume(outputs, path: str | Path, n_slices: int) -> None:
+    """Register the file(s) `write_volume` will write at ``path`` with an `output_policy.Outputs`."""
+    path = Path(path)
+    if output_format(path) != "dicom":
+        outputs.file(path)
+        return
+    outputs.folder(path)
+    if path.is_dir():
+        from .output_policy import written_by_axon
+
+        foreign = [p.name for p in sorted(path.glob("*.dcm")) if written_by_axon(p) is None]
+        if foreign:
+            raise AxonInputError(path, f"holds DICOM files AXON did not write (e.g. {foreign[0]}); a DICOM series "
+                                       "needs a folder of its own: choose another --out")
+    for name in dicom_slice_names(n_slices):
+        outputs.file(path / name)
+    outputs.retire(path, "slice_*.dcm")  # with --overwrite: surplus slices of an older AXON series
+
+
+def write_volume(image: sitk.Image, path: str | Path, description: str = "AXON reconstruction",
+                 outputs=None) -> Path:
+    """Write ``image`` at ``path`` (format from the name). With ``outputs`` (an `output_policy.Outputs`)
+    the file(s) are staged there and appear when the caller's run commits; without, they are committed
+    now, under the same policy with --overwrite (an earlier AXON output may be replaced, nothing else)."""
+    from .output_policy import Outputs
+
     path = Path(path)
     fmt = output_format(path)
+    if outputs is None:
+        with Outputs("export", overwrite=True) as own:
+            plan_volume(own, path, image.GetSize()[2] if image.GetDimension() == 3 else 1)
+            return write_volume(image, path, description, own)
     if fmt == "dicom":
-        write_dicom_series(image, path, description)
+        write_dicom_series(image, path, description, outputs)
     else:
-        with atomic_path(path) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+        sitk.WriteImage(image, str(outputs.path(path)), useCompression=True)
     return path
 
 
-def write_dicom_series(image: sitk.Image, folder: str | Path, description: str) -> Path:
-    """One CT Image Storage file per axial slice, int16 with rescale slope 1 and intercept -1024."""
+def write_dicom_series(image: sitk.Image, folder: str | Path, description: str, outputs) -> Path:
+    """One CT Image Storage file per axial slice, int16 with rescale slope 1 and intercept -1024,
+    staged with ``outputs`` (an `output_policy.Outputs`) beside whatever the folder already holds."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -65,31 +109,31 @@ def write_dicom_series(image: sitk.Image, folder: str | Path, description: str) 
     ox, oy, oz = image.GetOrigin()
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     now = datetime.datetime.now()
-    with atomic_dir(folder) as tmp:
-        for k in range(stored.shape[0]):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-            ds.Modality = "CT"
-            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.SeriesDescription = f"{description} (research use, not for diagnosis)"[:64]
-            ds.PatientName, ds.PatientID = "AXON^Reconstruction", "AXON"
-            ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
-            ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
-            ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-            ds.ImagePositionPatient = [float(ox), float(oy), float(oz + k * sz)]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.PixelSpacing = [float(sy), float(sx)]
-            ds.SliceThickness = float(sz)
-            ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-            ds.WindowCenter, ds.WindowWidth = 40, 400
-            ds.PixelData = stored[k].tobytes()
-            ds.save_as(tmp / f"slice_{k + 1:04d}.dcm", enforce_file_format=True)
+    names = dicom_slice_names(stored.shape[0])
+    for k in range(stored.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality = "CT"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.SeriesDescription = f"{description} (research use, not for diagnosis)"[:64]
+        ds.PatientName, ds.PatientID = "AXON^Reconstruction", "AXON"
+        ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImagePositionPatient = [float(ox), float(oy), float(oz + k * sz)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(sy), float(sx)]
+        ds.SliceThickness = float(sz)
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = stored[k].tobytes()
+        ds.save_as(outputs.path(folder / names[k]), enforce_file_format=True)
     return folder

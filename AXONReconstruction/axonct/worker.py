@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text
 from .errors import AxonInputError
-from .pipeline import AxonPipeline, Cancelled, ProgressLines, Reconstruction
+from .output_policy import CooperativeSignals, Outputs
+from .pipeline import AxonPipeline, Cancelled, ProgressLines, Reconstruction, is_out_of_memory
 from .reprojection import consistency_report
-from .volume_export import output_format, sibling, write_volume
+from .volume_export import output_format, plan_volume, report_name, sibling, write_volume
 
 EXIT_OK, EXIT_INPUT, EXIT_OOM = 0, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -37,44 +37,25 @@ class ReconstructRequest:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto | bf16 | fp32 (runtime.resolve_precision decides "auto" per machine)
     oom_fallback: bool = False
     consistency: bool = True  # steer the samplers towards agreement with the input views
     consistency_strength: float = 1.0
     start: str = "stage1"  # or "template": Stage II starts from a template fit instead of Stage I
+    overwrite: bool = False  # replace the outputs of an earlier AXON run at the same names
 
 
 def default_weights_dir() -> Path:
-    """The demo weights shipped with the module (Resources/Weights/cpu)."""
-    return Path(__file__).resolve().parent.parent / "Resources" / "Weights" / "cpu"
+    """The demo weights shipped inside the engine package (axonct/weights/cpu): a `pip install`
+    and the Slicer module find them the same way, wherever they were installed."""
+    return Path(__file__).resolve().parent / "weights" / "cpu"
 
 
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
-
-
-class _Signals:
-    """Turns SIGINT/SIGTERM into a flag the progress callback checks between steps."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in EXIT_SIGNAL:
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+_Signals = CooperativeSignals  # SIGINT/SIGTERM -> a flag the progress callback checks between steps
 
 
 def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict:
-    from .benchmark import resolve_device
+    from .runtime import resolve_device
 
     out = Path(req.out)
     output_format(out)  # refuse an unsupported output name before any work
@@ -83,7 +64,9 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
     weights = Path(req.weights) if req.weights else default_weights_dir()
     device = resolve_device(req.device)
     progress.message(f"loading weights from {weights} on {device}")
-    pipeline = AxonPipeline.load(weights, device)
+    pipeline = AxonPipeline.load(weights, device, precision=req.precision)
+    progress.message(f"precision {pipeline.precision}")
+    outputs = plan_outputs(req, pipeline.preset)  # conflicts, writability, free space: before any compute
     views, mask = pipeline.model_views(req.frontal, req.lateral)
     t0 = time.time()
     options = _sampling_options(req, pipeline, views, mask, progress)
@@ -93,7 +76,7 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
     except Cancelled:
         raise
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
         if not (req.oom_fallback and device.type == "cuda"):
             raise MemoryError(f"out of memory on {device} during reconstruction; try --samples 1, "
@@ -102,10 +85,11 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
 
         torch.cuda.empty_cache()
         progress.message("out of GPU memory: falling back to the CPU (slower)")
-        pipeline = AxonPipeline.load(weights, "cpu")
+        pipeline = AxonPipeline.load(weights, "cpu", precision=req.precision)
+        progress.message(f"precision {pipeline.precision}")
         rec = pipeline.reconstruct(views, mask, steps=req.steps, samples=req.samples, seed=req.seed,
                                    progress=progress, **options)
-    return write_outputs(rec, req, weights, pipeline, time.time() - t0)
+    return write_outputs(rec, req, weights, pipeline, time.time() - t0, outputs)
 
 
 def _sampling_options(req: ReconstructRequest, pipeline: AxonPipeline, views, mask, progress) -> dict:
@@ -129,42 +113,52 @@ def _sampling_options(req: ReconstructRequest, pipeline: AxonPipeline, views, ma
     return options
 
 
+def output_files(req: ReconstructRequest) -> dict:
+    """Where a run writes: the volume, the std (with --samples > 1) and the report, all named from the
+    whole --out name (`scan.v2.nrrd` -> `scan.v2_std.nrrd`, `scan.v2_report.json`)."""
+    out = Path(req.out)
+    files = {"volume": str(out)}
+    if req.samples > 1:
+        files["std"] = str(sibling(out, "std"))
+    files["report"] = str(report_name(out))
+    return files
+
+
+def plan_outputs(req: ReconstructRequest, preset) -> Outputs:
+    """Check every output of the run (conflicts, writability, free space) before any compute."""
+    size = preset.data.grid.size
+    files = output_files(req)
+    outputs = Outputs("reconstruct", overwrite=req.overwrite)
+    for key in ("volume", "std"):
+        if key in files:
+            plan_volume(outputs, files[key], size)
+    outputs.file(files["report"])
+    per_volume = size**3 * (2 if output_format(req.out) == "dicom" else 4) + size * 2048
+    outputs.check(per_volume * (len(files) - 1) + (1 << 20))
+    return outputs
+
+
 def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
-                  seconds: float) -> dict:
+                  seconds: float, outputs: Outputs | None = None) -> dict:
+    """All outputs or none: staged under temporary names and renamed together; an older file at any of
+    the names (replaced only with --overwrite) survives every failure of this step."""
     import SimpleITK as sitk
 
-    out = Path(req.out)
     grid = rec.preset.data.grid
     volume = rec.volume().to_hu_image()
-    report_path = sibling(out, "report")
-    report_path = report_path.with_name(report_path.name.split(".")[0] + ".json")
-    files = {"volume": str(out)}
-    if rec.std is not None:
-        files["std"] = str(sibling(out, "std"))
-    files["report"] = str(report_path)
-    written: list[Path] = []  # only what this run wrote is removed on failure
-    try:
-        report = _report(rec, req, weights, pipeline, seconds, volume, files)
-        written.append(write_volume(volume, out))
-        if rec.std is not None:
-            std_img = sitk.GetImageFromArray((rec.std * (grid.hu_max - grid.hu_min)).astype(np.float32))
+    files = output_files(req)
+    if outputs is None:
+        outputs = plan_outputs(req, rec.preset)
+    report = _report(rec, req, weights, pipeline, seconds, volume, files)
+    with outputs:
+        write_volume(volume, files["volume"], outputs=outputs)
+        if "std" in files:
+            std = rec.std if rec.std is not None else np.zeros_like(rec.mean)
+            std_img = sitk.GetImageFromArray((std * (grid.hu_max - grid.hu_min)).astype(np.float32))
             std_img.CopyInformation(volume)  # the spread in HU, on the same grid
-            written.append(write_volume(std_img, files["std"], "AXON voxel-wise standard deviation"))
-        write_text(report_path, json.dumps(report, indent=2))
-    except BaseException:
-        _remove(written)  # all outputs or none
-        raise
+            write_volume(std_img, files["std"], "AXON voxel-wise standard deviation", outputs)
+        outputs.path(files["report"]).write_text(json.dumps(report, indent=2))
     return report
-
-
-def _remove(paths) -> None:
-    import shutil
-
-    for p in map(Path, paths):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
 
 
 def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
@@ -178,6 +172,8 @@ def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
                                for k in ("cases", "steps_done")},
         "preset": rec.preset.name,
         "samples": req.samples, "seed": req.seed, "steps": req.steps, "start": req.start,
+        "device": str(pipeline.device), "precision": pipeline.precision.to_dict(),
+        "sample_batch": getattr(pipeline, "last_batch", 1),
         "consistency": rec.consistency if req.consistency else "off",
         "grid": {"size": grid.size, "fov_mm": grid.fov_mm, "spacing_mm": grid.spacing_mm,
                  "origin_lps_mm": list(volume.GetOrigin()), "direction": "identity (LPS)"},

@@ -92,6 +92,9 @@ def test_benchmark_pipeline_reports_each_stage(tmp_path):
     for r in data["rows"]:
         assert r["seconds"] > 0 and r["peak_rss_mb"] > 0 and r["gflop"] > 0 and r["projected_h100_s"] >= 0
     assert data["rows"][-1]["gflop"] == pytest.approx(sum(r["gflop"] for r in data["rows"][:3]), abs=0.2)
-    axon("benchmark", "pipeline", "--config", "tiny", "--projection-only", "--json", str(result))
+    # the same --json again replaces an earlier AXON output only with --overwrite (issue 15)
+    again = axon("benchmark", "pipeline", "--config", "tiny", "--projection-only", "--json", str(result), check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    axon("benchmark", "pipeline", "--config", "tiny", "--projection-only", "--json", str(result), "--overwrite")
     projected = json.loads(result.read_text())["rows"]
     assert all(r["seconds"] is None for r in projected) and projected[-1]["gflop"] > 0

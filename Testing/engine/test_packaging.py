@@ -26,7 +26,8 @@ def test_every_module_file_is_installed_and_every_listed_file_exists():
     listed = {f.replace("${MODULE_NAME}", name) for f in
               _cmake_list(text, "MODULE_PYTHON_SCRIPTS") + _cmake_list(text, "MODULE_PYTHON_RESOURCES")}
     python = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py") if "egg-info" not in p.as_posix()}
-    resources = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    resources = {p.relative_to(MODULE).as_posix() for d in (MODULE / "Resources", MODULE / "axonct" / "weights")
+                 for p in d.rglob("*") if p.is_file()}
     missing = sorted((python | resources) - listed)
     assert not missing, f"files missing from AXONReconstruction/CMakeLists.txt: {missing}"
     assert "axonct/pipeline.py" in listed and f"{name}.py" in listed
