@@ -35,13 +35,15 @@ class AXONReconstruction(ScriptedLoadableModule):
         self.parent.title = _("AXON Reconstruction")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Reconstruction")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AXON project contributors"]
+        self.parent.contributors = ["AXON for 3D Slicer developers"]  # = EXTENSION_CONTRIBUTORS (CMakeLists.txt)
         self.parent.helpText = _("""
 Reconstructs a 3D chest CT from a frontal (PA/AP) chest radiograph, optionally with a lateral one,
-with a three-stage diffusion model (coarse Brownian-bridge stage, ControlNet refinement on a CT prior,
-3D super-resolution). The reconstruction runs in a background process with progress and Cancel.
-Optional: compare with a ground-truth CT (PSNR/SSIM in two labelled conventions, MAE in HU), export as
-NRRD, NIfTI or a DICOM series, and create body/lungs/bone segments by thresholds.
+with a three-stage diffusion pipeline (Brownian-bridge coarse stage, ControlNet on a 3D CT prior,
+3D super-resolution), steered towards agreement with the input radiographs. The reconstruction (and
+the preparation of the sample case) runs in a background process, with one progress bar over every
+phase of the run and Cancel. Results load into the scene: compare with a ground-truth CT side by side
+(PSNR/SSIM in two labelled conventions, MAE in HU), export as NRRD, NIfTI or a DICOM series, and
+create body/lungs/bone segments by thresholds.
 <br><br>
 <b>Research use only. Not for diagnosis or any clinical decision.</b> A reconstruction from
 radiographs is a plausible volume consistent with the images, not a measurement of the patient:
@@ -80,31 +82,16 @@ def registerSampleData():
 
 
 def loadSampleCase(source=None):
-    """Sample Data button: load the sample case and select it in the AXON panel (frontal and lateral
-    DRRs as inputs, the CT as ground truth), so Reconstruct is the next click."""
+    """Sample Data button: open the AXON panel and prepare the sample case there in the background
+    (downloads, DRRs; progress and Cancel as for a reconstruction). When it is ready the frontal and
+    lateral DRRs are the inputs and the CT the ground truth, so Reconstruct is the next click. The
+    nodes arrive later, so nothing is returned."""
     if not ensureDependencies():  # the DRRs are computed by the engine
         return None
-    logic = AXONReconstructionLogic()
-    cache = slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()
-    nodes = None
-    with slicer.util.tryWithErrorDisplay(_("Failed to load the AXON sample case."), waitCursor=True):
-        def log(text):
-            slicer.util.showStatusMessage(text, 3000)
-            slicer.app.processEvents()
-
-        def progress(done, total):
-            log(_("Downloading sample data: {done:.0f} of {total} MB").format(
-                done=done / 1e6, total=f"{total / 1e6:.0f}" if total else "?"))
-
-        nodes = logic.loadSampleCase(cache, log=log, progress=progress)
-        slicer.util.setSliceViewerLayers(background=nodes["ct"], fit=True)
-        parameters = logic.getParameterNode()
-        parameters.frontalVolume = nodes["frontal"]
-        parameters.lateralVolume = nodes["lateral"]
-        parameters.groundTruthVolume = nodes["ct"]
-        slicer.util.selectModule("AXONReconstruction")
-        slicer.util.showStatusMessage(_("AXON sample case loaded: press Reconstruct."), 5000)
-    return nodes
+    slicer.util.selectModule("AXONReconstruction")
+    widget = slicer.util.getModuleWidget("AXONReconstruction")
+    widget.startSampleCase(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory())
+    return None
 
 
 #
@@ -170,6 +157,14 @@ class Precision(enum.Enum):
         return {"auto": _("Auto (measured per machine)"), "bf16": _("bf16"), "fp32": _("fp32")}[self.value]
 
 
+class StartMode(enum.Enum):
+    STAGE1 = "stage1"
+    TEMPLATE = "template"
+
+    def label(self):
+        return {"stage1": _("Stage I output"), "template": _("Template fit to the views")}[self.value]
+
+
 class ExportFormat(enum.Enum):
     NRRD = "nrrd"
     NIFTI = "nifti"
@@ -194,6 +189,9 @@ class AXONReconstructionParameterNode:
     samples - number of stochastic samples; more than 1 also gives a standard-deviation map.
     seed - random seed (same inputs and seed give the same result).
     consistency - steer sampling towards agreement with the input radiographs (reprojection consistency).
+    consistencyStrength - how strongly (0-4; 1 = a full correction per step).
+    startMode - what Stage II starts from: Stage I's output, or the training CT fitted to the views.
+    fineStrength - Stage II start strength 0-1 (below 0: the weights' default).
     outputVolume - volume that receives the reconstruction (none: a new volume per run).
     exportFormat, exportDirectory - where and how Export writes the reconstruction.
     """
@@ -208,6 +206,9 @@ class AXONReconstructionParameterNode:
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     consistency: bool = True
+    consistencyStrength: Annotated[float, WithinRange(0.0, 4.0)] = 1.0
+    startMode: StartMode = StartMode.STAGE1
+    fineStrength: Annotated[float, WithinRange(-0.05, 1.0)] = -0.05
     outputVolume: vtkMRMLScalarVolumeNode
     exportFormat: ExportFormat = ExportFormat.NRRD
     exportDirectory: pathlib.Path
@@ -336,6 +337,9 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.reconstructButton.toolTip = (_("Reconstruct a CT from the radiograph(s)") if hasFrontal
                                              else _("Select a frontal radiograph"))
         self.ui.cancelButton.enabled = running
+        self.ui.cancelButton.toolTip = (_("Stop the preparation of the sample case")
+                                        if self.logic is not None and self.logic.runningJobKind() == "sampleCase"
+                                        else _("Stop the running reconstruction; nothing is added to the scene"))
         self.ui.compareButton.enabled = hasOutput and bool(p.groundTruthVolume) and not running
         self.ui.compareButton.toolTip = (_("Compare the reconstruction with the ground-truth CT")
                                          if hasOutput and p.groundTruthVolume
@@ -344,6 +348,7 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.segmentationButton.enabled = hasOutput and not running
         for widget in (self.ui.inputsCollapsibleButton, self.ui.settingsCollapsibleButton):
             widget.enabled = not running
+        self.ui.consistencyStrengthSpinBox.enabled = bool(p and p.consistency)
 
     def _setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
@@ -356,11 +361,32 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the reconstruction."), waitCursor=True):
             self.logic.startReconstruction(
-                p.frontalVolume, p.lateralVolume, weightsPath=p.weightsPath, steps=p.steps or None,
-                samples=p.samples, seed=p.seed, device=p.device.value, outputNode=p.outputVolume,
-                consistency=p.consistency, precision=p.precision.value)
+                p.frontalVolume, p.lateralVolume, weightsPath=p.weightsPath, outputNode=p.outputVolume,
+                options=self.reconstructOptions())
             self.ui.progressBar.setValue(0)
             self._setStatus(_("Starting the reconstruction..."))
+            self._pollTimer.start()
+        self._updateButtons()
+
+    def reconstructOptions(self):
+        """The panel's settings as the engine's `ReconstructOptions` (what the worker is started with)."""
+        from AXONReconstructionLib.job import reconstructOptions
+
+        p = self._parameterNode
+        return reconstructOptions(
+            device=p.device.value, precision=p.precision.value, steps=p.steps, samples=p.samples, seed=p.seed,
+            consistency=p.consistency, consistencyStrength=p.consistencyStrength, start=p.startMode.value,
+            fineStrength=p.fineStrength)
+
+    def startSampleCase(self, cacheDir) -> None:
+        """Prepare the sample case in the background (Sample Data button); followed like a reconstruction."""
+        if self.logic.isRunning():
+            slicer.util.errorDisplay(_("AXON is busy: cancel the running job or wait for it to finish."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the AXON sample case."), waitCursor=True):
+            self.logic.startSampleCase(cacheDir)
+            self.ui.progressBar.setValue(0)
+            self._setStatus(_("Preparing the AXON sample case (chest CT, its DRRs, a chest CR)..."))
             self._pollTimer.start()
         self._updateButtons()
 
@@ -375,6 +401,15 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._setStatus(event["text"])
         elif kind == "message":
             self._setStatus(event["text"])
+        elif kind == "done" and event.get("kind") == "sampleCase":
+            self._pollTimer.stop()
+            self.ui.progressBar.setValue(1000)
+            nodes = event["nodes"]
+            slicer.util.setSliceViewerLayers(background=nodes["ct"], fit=True)
+            self._parameterNode.frontalVolume = nodes["frontal"]
+            self._parameterNode.lateralVolume = nodes["lateral"]
+            self._parameterNode.groundTruthVolume = nodes["ct"]
+            self._setStatus(_("AXON sample case loaded: press Reconstruct."))
         elif kind == "done":
             self._pollTimer.stop()
             self.ui.progressBar.setValue(1000)
@@ -387,7 +422,7 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._pollTimer.stop()
             self.ui.progressBar.setValue(0)
             self._setStatus(_("Failed: {message}").format(message=event["message"]))
-            slicer.util.errorDisplay(_("The reconstruction failed:\n{message}").format(message=event["message"]))
+            slicer.util.errorDisplay(_("AXON failed:\n{message}").format(message=event["message"]))
         elif kind == "cancelled":
             self._pollTimer.stop()
             self.ui.progressBar.setValue(0)
@@ -396,14 +431,14 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _cancelRun(self, status: str) -> None:
         self._pollTimer.stop()
-        with slicer.util.tryWithErrorDisplay(_("Failed to cancel the reconstruction."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Failed to cancel."), waitCursor=True):
             self.logic.cancel()
         self.ui.progressBar.setValue(0)
         self._setStatus(status)
         self._updateButtons()
 
     def onCancelButton(self) -> None:
-        self._cancelRun(_("Cancelled; nothing was added to the scene."))
+        self._cancelRun(_("Cancelled; nothing was added to the scene."))  # a reconstruction or the sample case
 
     # ------------------------------------------------------------------ compare, export, segment
     def onCompareButton(self) -> None:
@@ -436,9 +471,10 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class AXONReconstructionLogic(ScriptedLoadableModuleLogic, ReconstructionLogic):
-    """The module's logic: the Qt-free work lives in AXONReconstructionLib.logic.ReconstructionLogic
-    (reconstruct in a background process, poll, cancel, compare, export, segment), so it can run
-    and be tested without the Slicer application. Usable from the Python console:
+    """The module's logic: the Qt-free work lives in AXONReconstructionLib (`logic.ReconstructionLogic`
+    over `job`: reconstruct or prepare the sample case in a background process, poll, cancel; `compare`,
+    `export`, `segmentation`), so it can run and be tested without the Slicer application. Usable from
+    the Python console:
 
         logic = slicer.util.getModuleLogic("AXONReconstruction")
         event = logic.reconstruct(frontalNode, lateralNode, samples=1, device="auto")
@@ -534,9 +570,9 @@ class AXONReconstructionTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
         import torch
 
-        from axonct.checkpoint import read_card
-        from axonct.ct_preprocess import ct_to_model
-        from axonct.drr import drr_from_unit_volume
+        from axonct.pipeline.checkpoint import read_card
+        from axonct.io.ct_preprocess import ct_to_model
+        from axonct.physics.drr import drr_from_unit_volume
         from axonct.presets import ModelPreset
 
         data = ModelPreset.from_dict(read_card(weights, "coarse")["config"]).data

@@ -36,12 +36,12 @@ PYEOF
 step machine 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; \
   $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported())'"
 step tests 240 "$PY" -m pytest -q -p no:cacheprovider Testing/engine/test_gpu.py Testing/engine/test_precision.py -k "not avx2"
-step paper_1 150 "$PY" -m axonct.cli benchmark pipeline --config paper --device cuda --json "$OUT/paper_1.json"
-step paper_4 200 "$PY" -m axonct.cli benchmark pipeline --config paper --device cuda --samples 4 --json "$OUT/paper_4.json"
-step paper_fine25 120 "$PY" -m axonct.cli benchmark pipeline --config paper --device cuda --steps 25 --json "$OUT/paper_fine25.json"
-step paper_fp32 150 "$PY" -m axonct.cli benchmark pipeline --config paper --device cuda --precision fp32 --json "$OUT/paper_fp32.json"
-step cpu_preset 60 "$PY" -m axonct.cli benchmark pipeline --config cpu --device cuda --json "$OUT/cpu_preset.json"
-step drr 60 "$PY" -m axonct.cli benchmark drr --device cuda --json "$OUT/drr.json"
+step paper_1 150 "$PY" -m axonct.app.cli benchmark pipeline --config paper --device cuda --json "$OUT/paper_1.json"
+step paper_4 200 "$PY" -m axonct.app.cli benchmark pipeline --config paper --device cuda --samples 4 --json "$OUT/paper_4.json"
+step paper_fine25 120 "$PY" -m axonct.app.cli benchmark pipeline --config paper --device cuda --steps 25 --json "$OUT/paper_fine25.json"
+step paper_fp32 150 "$PY" -m axonct.app.cli benchmark pipeline --config paper --device cuda --precision fp32 --json "$OUT/paper_fp32.json"
+step cpu_preset 60 "$PY" -m axonct.app.cli benchmark pipeline --config cpu --device cuda --json "$OUT/cpu_preset.json"
+step drr 60 "$PY" -m axonct.app.cli benchmark drr --device cuda --json "$OUT/drr.json"
 
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys

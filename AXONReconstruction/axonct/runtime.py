@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from .errors import AxonInputError
+from .options import LEGACY_PRECISION, PRECISIONS
 
-PRECISIONS = ("auto", "bf16", "fp32")
-LEGACY_PRECISION = {"off": "fp32", "float32": "fp32", "bfloat16": "bf16", "none": "fp32"}
 BF16_MIN_SPEEDUP = 1.3  # bf16 must beat float32 by this much on the probe to be chosen on a CPU
 PROBE_VERSION = 2
 
@@ -224,15 +223,16 @@ def cpu_bf16_probe(cache: Path | None = None, use_cache: bool = True) -> dict:
 def _store(path: Path, key: str, entry: dict) -> None:
     """Best effort: a read-only home must not stop a reconstruction."""
     try:
-        from .atomic import write_text
-
         try:
             data = json.loads(path.read_text())
             data = data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             data = {}
         data[key] = entry
-        write_text(path, json.dumps(data, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
     except OSError:
         pass
 

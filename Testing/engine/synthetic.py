@@ -46,7 +46,7 @@ def write_nifti(img: sitk.Image, path: Path) -> Path:
 def synthetic_cache(root: Path, n_cases: int = 8, preset: str = "tiny", seed0: int = 100, workers: int = 1) -> Path:
     """A prepared cache of synthetic chests (patient IDs SYN-000...)."""
     from axonct.config import data_preset
-    from axonct.prepare import prepare_cache
+    from axonct.data.prepare import prepare_cache
 
     cts = root / "cts"
     for i in range(n_cases):
@@ -61,7 +61,7 @@ def train_tiny_weights(cache: Path, root: Path, with_baseline: bool = True) -> P
     import shutil
 
     from axonct.presets import model_preset
-    from axonct.training import train
+    from axonct.training.trainer import train
 
     weights = root / "weights"
     weights.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Bad input reaches the user as one line naming the file or option, exit code 2, nothing left behind.
 
-Each test runs the real command line (`python -m axonct.cli ...`) the way a new user would, and
+Each test runs the real command line (`python -m axonct.app.cli ...`) the way a new user would, and
 checks the message, the exit code, that no traceback is printed and that no output is left.
 README's "Bad inputs the test suite covers" lists these cases.
 """
@@ -26,7 +26,7 @@ ENGINE = REPO / "AXONReconstruction"
 
 def axon(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=str(ENGINE), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "axonct.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "axonct.app.cli", *map(str, args)], capture_output=True, text=True,
                           env=full_env)
 
 
@@ -214,7 +214,7 @@ import resource, sys
 sys.path.insert(0, sys.argv[3])
 import numpy, PIL.Image
 from axonct.errors import AxonInputError
-from axonct.radiograph_io import read_radiograph
+from axonct.io.radiograph import read_radiograph
 vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 limit = vm + int(sys.argv[2]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -256,7 +256,7 @@ def test_size_limits_and_reduction_keep_spacing(tmp_path):
     from pydicom.data import get_testdata_file
 
     from axonct.errors import AxonInputError
-    from axonct.radiograph_io import MAX_MEGAPIXELS, WORKING_SIDE, read_radiograph
+    from axonct.io.radiograph import MAX_MEGAPIXELS, WORKING_SIDE, read_radiograph
 
     tall = write_png(tmp_path / "tall.png", 64, 20000, lambda r: np.full(64, r % 251, np.uint8))
     with pytest.raises(AxonInputError, match="64x20000 pixels"):

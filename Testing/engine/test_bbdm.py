@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from axonct.bbdm import BrownianBridgeScheduler
+from axonct.models.brownian_bridge import BrownianBridgeScheduler
 
 T = 1000
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from axonct.calibration import ViewCalibration, border_mask, fit_calibrations, fit_view_calibration
+from axonct.guidance.calibration import ViewCalibration, border_mask, fit_calibrations, fit_view_calibration
 from axonct.config import ProjectionGeometry, VolumeGrid
-from axonct.drr import drr_from_unit_volume
-from axonct.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+from axonct.physics.drr import drr_from_unit_volume
+from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
 
 P = 64
 
@@ -21,12 +21,12 @@ P = 64
 def drrs() -> torch.Tensor:
     """(2, 64, 64) float64 line integrals (frontal, lateral) of the real sample CT, else a synthetic chest."""
     torch.set_num_threads(1)
-    from axonct.ct_preprocess import ct_to_model
+    from axonct.io.ct_preprocess import ct_to_model
 
     grid = VolumeGrid(size=64, fov_mm=320.0)
     try:
-        from axonct.ct_io import read_ct
-        from axonct.sample_data import sample_ct_path
+        from axonct.io.ct import read_ct
+        from axonct.io.sample_data import sample_ct_path
 
         image = read_ct(sample_ct_path())
     except Exception:

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def axon(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"))
-    proc = subprocess.run([sys.executable, "-m", "axonct.cli", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"axon {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from axonct.coarse_stage import BackProjectionLift, CoarseStage
+from axonct.models.coarse import BackProjectionLift, CoarseStage
 from axonct.config import ProjectionGeometry, VolumeGrid
-from axonct.geometry import view_geometry
+from axonct.physics.geometry import view_geometry
 from axonct.presets import model_preset
 
 GRID = VolumeGrid(size=32, fov_mm=320.0)

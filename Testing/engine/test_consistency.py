@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axonct.bbdm import BrownianBridgeScheduler
+from axonct.models.brownian_bridge import BrownianBridgeScheduler
 from axonct.config import data_preset
-from axonct.consistency import ConsistencyConfig, ViewConsistency, conjugate_gradient, fade_weight
-from axonct.ct_preprocess import ct_to_model
-from axonct.drr import drr_from_unit_volume
-from axonct.xray_realism import robust_unit
+from axonct.guidance.consistency import ConsistencyConfig, ViewConsistency, conjugate_gradient, fade_weight
+from axonct.io.ct_preprocess import ct_to_model
+from axonct.physics.drr import drr_from_unit_volume
+from axonct.physics.xray_realism import robust_unit
 from synthetic import synthetic_chest
 
 DATA = data_preset("tiny")
@@ -114,9 +114,9 @@ def test_bad_config_is_refused():
 def test_pipeline_with_consistency_agrees_better_with_its_inputs(tiny_cache, tiny_weights, one_thread):
     """Held-out case, undertrained tiny weights: consistency must bring the result's DRRs closer to
     the input views than the plain sampler does (the very thing it promises)."""
-    from axonct.datasets import Augmentation, BatchMaker, CTCache
-    from axonct.evaluation import drr_residuals
-    from axonct.pipeline import AxonPipeline
+    from axonct.data.datasets import Augmentation, BatchMaker, CTCache
+    from axonct.tools.compare import drr_residuals
+    from axonct.pipeline.reconstruction import AxonPipeline
 
     pipe = AxonPipeline.load(tiny_weights)
     cache = CTCache(tiny_cache)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from axonct.ct_io import MIN_SLICES, find_ct_series, read_ct, read_ct_with_meta
+from axonct.io.ct import MIN_SLICES, find_ct_series, read_ct, read_ct_with_meta
 from axonct.errors import AxonInputError
 
 VALUE_STEP = 10  # raw value added per slice (by position), so slice order is visible in the pixels

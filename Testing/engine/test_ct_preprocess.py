@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from axonct.config import VolumeGrid
-from axonct.ct_io import read_ct
-from axonct.ct_preprocess import (
+from axonct.io.ct import read_ct
+from axonct.io.ct_preprocess import (
     ModelVolume,
     body_mask,
     ct_to_model,

@@ -7,7 +7,7 @@ import shutil
 
 import SimpleITK as sitk
 
-from axonct.demo import run_demo
+from axonct.tools.demo import run_demo
 
 
 def test_demo_reconstructs_the_real_case_and_labels_it(real_ct_path, tiny_weights, tmp_path):

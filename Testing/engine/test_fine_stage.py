@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from axonct.fine_stage import ControlNetStage, CTPrior, NoiseSchedule, ddim_sample
+from axonct.models.ddim import NoiseSchedule, ddim_sample
+from axonct.models.fine import ControlNetStage, CTPrior
 from axonct.presets import PriorConfig, model_preset
 
 N = 16

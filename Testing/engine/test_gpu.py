@@ -33,7 +33,7 @@ def views():
 
 def test_guided_step_stays_on_the_gpu(views):
     from axonct.config import data_preset
-    from axonct.consistency import ConsistencyConfig, ViewConsistency
+    from axonct.guidance.consistency import ConsistencyConfig, ViewConsistency
 
     data = data_preset("cpu")
     grid = data.diffusion_grid(2)
@@ -47,7 +47,7 @@ def test_guided_step_stays_on_the_gpu(views):
 
 
 def _bridge_scheduler():
-    from axonct.bbdm import BrownianBridgeScheduler
+    from axonct.models.brownian_bridge import BrownianBridgeScheduler
     from axonct.presets import model_preset
 
     cfg = model_preset("cpu").coarse
@@ -55,9 +55,9 @@ def _bridge_scheduler():
 
 
 def test_batched_samples_on_gpu_match_single_runs(views):
-    from axonct.consistency import ConsistencyConfig
-    from axonct.pipeline import AxonPipeline
-    from axonct.worker import default_weights_dir
+    from axonct.guidance.consistency import ConsistencyConfig
+    from axonct.pipeline.reconstruction import AxonPipeline
+    from axonct.pipeline.loading import default_weights_dir
 
     pipe = AxonPipeline.load(default_weights_dir(), "cuda", precision="fp32")
     one = pipe.reconstruct(*views, steps=4, samples=2, seed=1, batch_size=1, consistency=ConsistencyConfig())
@@ -68,8 +68,8 @@ def test_batched_samples_on_gpu_match_single_runs(views):
 
 
 def test_bf16_and_fp32_agree_on_gpu(views):
-    from axonct.pipeline import AxonPipeline
-    from axonct.worker import default_weights_dir
+    from axonct.pipeline.reconstruction import AxonPipeline
+    from axonct.pipeline.loading import default_weights_dir
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -88,7 +88,7 @@ def test_reconstruct_cli_on_cuda_end_to_end(views, tmp_path):
     for i, name in enumerate(("frontal", "lateral")):
         Image.fromarray((views[0][i] * 65535).astype(np.uint16)).save(tmp_path / f"{name}.png")
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"))
-    proc = subprocess.run([sys.executable, "-m", "axonct.cli", "reconstruct", "--frontal", str(tmp_path / "frontal.png"),
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "reconstruct", "--frontal", str(tmp_path / "frontal.png"),
                            "--lateral", str(tmp_path / "lateral.png"), "--out", str(tmp_path / "r.nrrd"),
                            "--device", "cuda", "--samples", "2"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -83,7 +83,7 @@ def test_installed_axon_reconstructs_from_another_folder(installed, tmp_path):
     work.mkdir()
     axon = installed["bin"] / ("axon.exe" if os.name == "nt" else "axon")
     env = _clean_env(tmp_path)
-    where = _run([str(installed["python"]), "-c", "import axonct, axonct.worker as w; "
+    where = _run([str(installed["python"]), "-c", "import axonct, axonct.pipeline.loading as w; "
                   "print(axonct.__file__); print(w.default_weights_dir())"], cwd=work, env=env).stdout.split()
     assert Path(where[0]).is_relative_to(installed["purelib"]), where
     assert Path(where[1]).is_relative_to(installed["purelib"]) and Path(where[1], "coarse.safetensors").is_file()
@@ -100,7 +100,7 @@ def test_installed_axon_reconstructs_from_another_folder(installed, tmp_path):
 def test_installed_package_finds_sample_data_outside_the_checkout(installed, tmp_path):
     """Outside a checkout the sample data lives in AXON_DATA_DIR or the user cache, never beside the package."""
     env = _clean_env(tmp_path)
-    code = "from axonct.sample_data import data_dir; print(data_dir())"
+    code = "from axonct.io.sample_data import data_dir; print(data_dir())"
     assert _run([str(installed["python"]), "-c", code], cwd=tmp_path, env=env).stdout.strip() == \
         str(tmp_path / ".cache" / "axonct")
     env["AXON_DATA_DIR"] = str(REPO / ".data")

@@ -6,10 +6,11 @@ import csv
 
 import torch
 
-from axonct.datasets import Augmentation, BatchMaker, CTCache
+from axonct.data.datasets import Augmentation, BatchMaker, CTCache
 from axonct.metrics import psnr
 from axonct.presets import model_preset
-from axonct.training import load_trained_stage, train
+from axonct.pipeline.loading import load_trained_stage
+from axonct.training.trainer import train
 
 
 def test_coarse_stage_learns_and_beats_the_mean_volume(tiny_cache, tmp_path):

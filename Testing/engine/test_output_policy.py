@@ -20,13 +20,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from axonct import cli, output_policy
-from axonct.checkpoint import read_card, read_resume, save_stage
+from axonct.app import cli
+from axonct.io import output_policy
+from axonct.pipeline.checkpoint import read_card, read_resume, save_stage
 from axonct.errors import AxonInputError
-from axonct.output_policy import MANIFEST, Outputs
+from axonct.io.output_policy import MANIFEST, Outputs
 from axonct.presets import load_preset
-from axonct.volume_export import report_name, sibling
-from axonct.volume_integrity import check_not_truncated
+from axonct.io.volume_export import report_name, sibling
+from axonct.io.volume_integrity import check_not_truncated
 from synthetic import synthetic_chest, write_nifti
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def _env() -> dict:
 
 
 def axon(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "axonct.cli", *args], capture_output=True, text=True, env=_env())
+    return subprocess.run([sys.executable, "-m", "axonct.app.cli", *args], capture_output=True, text=True, env=_env())
 
 
 def user_files(folder: Path) -> dict[Path, bytes]:
@@ -139,7 +140,7 @@ def test_new_output_folders_get_normal_permissions(ct, tmp_path):
 
 
 def test_demo_shares_the_policy(tiny_weights, tmp_path):
-    from axonct.demo import run_demo
+    from axonct.tools.demo import run_demo
 
     out = tmp_path / "demo"
     mine = user_files(out)
@@ -269,7 +270,7 @@ def test_overwrite_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
 def _prediction(ct: Path, folder: Path) -> Path:
     """A volume on a model grid, as `axon reconstruct` writes it."""
     from axonct.config import VolumeGrid
-    from axonct.ct_preprocess import ct_to_model
+    from axonct.io.ct_preprocess import ct_to_model
 
     path = folder / "pred.nrrd"
     sitk.WriteImage(ct_to_model(sitk.ReadImage(str(ct)), VolumeGrid(size=32, fov_mm=320.0)).to_hu_image(), str(path))
@@ -311,7 +312,7 @@ def test_truncated_volumes_are_detected(tmp_path, name, compressed):
 
 
 def _no_compute(monkeypatch):
-    from axonct import drr_export
+    from axonct.tools import drr_export
 
     def fail(*a, **k):
         raise AssertionError("computed before checking the output location")
@@ -354,7 +355,7 @@ def test_full_disk_is_refused_before_compute(ct, tmp_path, monkeypatch, capsys):
 
 
 def test_evaluate_prints_metrics_before_a_failing_montage(ct, tmp_path, monkeypatch, capsys):
-    from axonct import evaluation
+    from axonct.tools import compare as evaluation
 
     pred_path = _prediction(ct, tmp_path)
     mine = user_files(tmp_path / "mine")
@@ -381,7 +382,7 @@ def test_evaluate_prints_metrics_before_a_failing_montage(ct, tmp_path, monkeypa
 def test_sigterm_during_drr_leaves_nothing_partial(ct, tmp_path):
     out = tmp_path / "myfolder"
     mine = user_files(out)
-    proc = subprocess.Popen([sys.executable, "-m", "axonct.cli", "drr", "--ct", str(ct), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "axonct.app.cli", "drr", "--ct", str(ct), "--out", str(out),
                              "--preset", "paper"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env())
     deadline = time.time() + 120
@@ -415,7 +416,7 @@ def test_sigterm_during_drr_leaves_nothing_partial(ct, tmp_path):
     (["drr", "--ct", "c", "--out", "o", "--seed", "x"], "--seed"),
 ])
 def test_options_are_validated_up_front(args, option, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "axonct.cli", *args], capture_output=True, text=True, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", *args], capture_output=True, text=True, env=_env(),
                           cwd=tmp_path)
     assert proc.returncode == 2
     line = error_line(proc)
@@ -425,7 +426,7 @@ def test_options_are_validated_up_front(args, option, tmp_path):
 
 
 def test_train_refuses_zero_steps_from_a_config(tiny_cache, tmp_path):
-    from axonct.training import train
+    from axonct.training.trainer import train
 
     preset = load_preset("tiny")
     preset.train.steps = 0

@@ -30,7 +30,7 @@ def test_every_module_file_is_installed_and_every_listed_file_exists():
                  for p in d.rglob("*") if p.is_file()}
     missing = sorted((python | resources) - listed)
     assert not missing, f"files missing from AXONReconstruction/CMakeLists.txt: {missing}"
-    assert "axonct/pipeline.py" in listed and f"{name}.py" in listed
+    assert "axonct/pipeline/reconstruction.py" in listed and f"{name}.py" in listed
     absent = sorted(f for f in listed if not (MODULE / f).exists())
     assert not absent, f"listed in CMakeLists.txt but not in the tree: {absent}"
 

@@ -16,19 +16,19 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from axonct.pipeline import parse_progress_line
+from axonct.app.protocol import parse_progress_line
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def axon(*args, **kw):
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "axonct.cli", *args], capture_output=True, text=True, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "axonct.app.cli", *args], capture_output=True, text=True, env=env, **kw)
 
 
 def popen(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "axonct.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "axonct.app.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -100,7 +100,7 @@ def test_samples_give_mean_and_finite_nonzero_std(tiny_weights, radiographs, tmp
 
 
 def test_dicom_series_output_reads_back_with_the_same_geometry(tiny_weights, radiographs, tmp_path):
-    from axonct.ct_io import read_ct
+    from axonct.io.ct import read_ct
 
     out = tmp_path / "recon_dicom"
     proc = axon("reconstruct", "--frontal", str(radiographs["frontal"]), "--out", str(out),
@@ -162,7 +162,7 @@ def test_weights_for_a_different_preset_are_refused(tiny_weights, tmp_path):
     import shutil
 
     from axonct.errors import AxonInputError
-    from axonct.pipeline import AxonPipeline
+    from axonct.pipeline.reconstruction import AxonPipeline
 
     mixed = tmp_path / "mixed"
     shutil.copytree(tiny_weights, mixed)
@@ -176,8 +176,9 @@ def test_weights_for_a_different_preset_are_refused(tiny_weights, tmp_path):
 
 def test_out_of_memory_gives_a_clear_message_and_no_output(tiny_weights, radiographs, tmp_path, monkeypatch, capsys):
     """No GPU here: an allocator failure is simulated inside the pipeline run."""
-    from axonct import worker
-    from axonct.pipeline import AxonPipeline
+    from axonct.app import reconstruct_job as worker
+    from axonct.options import ReconstructOptions
+    from axonct.pipeline.reconstruction import AxonPipeline
 
     def fail(self, *a, **k):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -185,7 +186,7 @@ def test_out_of_memory_gives_a_clear_message_and_no_output(tiny_weights, radiogr
     monkeypatch.setattr(AxonPipeline, "reconstruct", fail)
     out = tmp_path / "recon.nrrd"
     req = worker.ReconstructRequest(frontal=str(radiographs["frontal"]), out=str(out), weights=str(tiny_weights),
-                                    device="cpu", oom_fallback=True)
+                                    options=ReconstructOptions(device="cpu"), oom_fallback=True)
     assert worker.main_reconstruct(req) == worker.EXIT_OOM
     err = capsys.readouterr().err
     assert "out of memory" in err and "--samples 1" in err and "Traceback" not in err

@@ -93,7 +93,7 @@ def test_cli_bad_device_is_one_line_and_exit_2(tmp_path, device, words):
     from PIL import Image
 
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(png)
-    proc = subprocess.run([sys.executable, "-m", "axonct.cli", "reconstruct", "--frontal", str(png),
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "reconstruct", "--frontal", str(png),
                            "--out", str(tmp_path / "r.nrrd"), "--device", device],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2, proc.stderr
@@ -105,7 +105,7 @@ def test_cli_bad_device_is_one_line_and_exit_2(tmp_path, device, words):
 
 def test_cli_refuses_an_unknown_precision(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"))
-    proc = subprocess.run([sys.executable, "-m", "axonct.cli", "reconstruct", "--frontal", "x.png", "--out",
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "reconstruct", "--frontal", "x.png", "--out",
                            str(tmp_path / "r.nrrd"), "--precision", "fp16"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "--precision" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -133,8 +133,8 @@ def test_fp32_and_bf16_reconstructions_agree(tiny_weights, tiny_inputs, one_thre
     Tolerance (stated in README): mean |difference| below 1 % of the HU range (25 HU) and
     correlation above 0.995 (measured on tiny weights: 2.2 HU, 1.0000). bf16 keeps 8 bits of mantissa inside the networks only; the samplers,
     the guidance and the statistics stay in float32. Under the AVX2 cap bf16 is slow, hence steps=2."""
-    from axonct.consistency import ConsistencyConfig
-    from axonct.pipeline import AxonPipeline
+    from axonct.guidance.consistency import ConsistencyConfig
+    from axonct.pipeline.reconstruction import AxonPipeline
 
     views, mask = tiny_inputs
     out = {}
@@ -153,7 +153,7 @@ def test_fp32_and_bf16_reconstructions_agree(tiny_weights, tiny_inputs, one_thre
 def test_batched_samples_equal_one_at_a_time(tiny_weights, tiny_inputs, one_thread):
     """Sample k draws its noise from its own generator, so a batch of K gives the K samples one at a
     time would give (a GPU runs them as one batch); mean and std are streamed, not stacked."""
-    from axonct.pipeline import AxonPipeline
+    from axonct.pipeline.reconstruction import AxonPipeline
 
     views, mask = tiny_inputs
     pipe = AxonPipeline.load(tiny_weights, "cpu", precision="fp32")
@@ -169,7 +169,7 @@ def test_batched_samples_equal_one_at_a_time(tiny_weights, tiny_inputs, one_thre
 
 
 def test_running_moments_match_numpy():
-    from axonct.pipeline import RunningMoments
+    from axonct.pipeline.reconstruction import RunningMoments
 
     gen = np.random.default_rng(0)
     data = gen.normal(size=(7, 1, 4, 4, 4)).astype(np.float32)
@@ -183,7 +183,7 @@ def test_running_moments_match_numpy():
 def test_benchmark_pipeline_samples_keep_sr_input_at_the_diffusion_grid(one_thread):
     """`benchmark pipeline --samples K` ran SR on SR's own output (K=4 peaked at 103 GB on a GPU).
     Each stage must read the previous stage's output of the same samples."""
-    from axonct.benchmark import benchmark_pipeline
+    from axonct.tools.benchmark import benchmark_pipeline
     from axonct.presets import model_preset
 
     preset = model_preset("tiny")
@@ -201,7 +201,7 @@ def test_reconstruct_report_names_device_and_precision(tiny_weights, tmp_path):
     Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(png)
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"), OMP_NUM_THREADS="1")
     out = tmp_path / "r.nrrd"
-    proc = subprocess.run([sys.executable, "-m", "axonct.cli", "reconstruct", "--frontal", str(png), "--out",
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "reconstruct", "--frontal", str(png), "--out",
                            str(out), "--weights", str(tiny_weights), "--device", "cpu", "--steps", "1",
                            "--precision", "fp32", "--consistency", "off"],
                           capture_output=True, text=True, env=env)

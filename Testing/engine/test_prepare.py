@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from axonct import prepare as prep
+from axonct.data import prepare as prep
 from axonct.config import data_preset
 from axonct.errors import AxonInputError
 from synthetic import synthetic_chest, write_nifti

@@ -11,8 +11,8 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from axonct.errors import AxonInputError
-from axonct.radiograph_io import Radiograph, read_radiograph
-from axonct.radiograph_preprocess import (
+from axonct.io.radiograph import Radiograph, read_radiograph
+from axonct.io.radiograph_preprocess import (
     match_histogram,
     normalize_view,
     quantile_table,

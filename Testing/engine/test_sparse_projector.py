@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from axonct.config import ProjectionGeometry, VolumeGrid
-from axonct.drr import project
-from axonct.geometry import view_at_angle
-from axonct.sparse_projector import (
+from axonct.physics.drr import project
+from axonct.physics.geometry import view_at_angle
+from axonct.physics.sparse_projector import (
     SparseProjector,
     downsample_view_image,
     projector_key,

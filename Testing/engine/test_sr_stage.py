@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from axonct import sr_stage
+from axonct.models import sr as sr_stage
 from axonct.presets import model_preset
-from axonct.sr_stage import SRNet, sr_training_pair, upsample_tiled
+from axonct.models.sr import SRNet, sr_training_pair, upsample_tiled
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,21 +11,19 @@ import pytest
 import SimpleITK as sitk
 
 from axonct.config import data_preset
-from axonct.ct_preprocess import unit_to_hu
+from axonct.io.ct_preprocess import unit_to_hu
 from axonct.errors import AxonInputError
-from axonct.synthetic_anatomy import (
+from axonct.app.synth_command import add_synth_arguments, run_synth
+from axonct.data.synthetic_anatomy import (
     LUNG_LEFT,
     LUNG_RIGHT,
     AnatomyConfig,
     SyntheticChestGenerator,
-    add_synth_arguments,
-    assert_disjoint,
     case_seed,
     jacobian_determinant,
-    run_synth,
-    save_gallery,
-    write_synthetic_cache,
 )
+from axonct.data.synthetic_cache import assert_disjoint, write_synthetic_cache
+from axonct.tools.gallery import save_gallery
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +70,8 @@ def test_different_seeds_differ(gen):
 
 
 def test_reference_reproduces_the_source(gen, reference):
-    from axonct.ct_io import read_ct
-    from axonct.ct_preprocess import ct_to_model
+    from axonct.io.ct import read_ct
+    from axonct.io.ct_preprocess import ct_to_model
 
     direct = ct_to_model(read_ct(gen.ct_path), gen.config.grid, remove_bed=True, center_lps=gen.center_lps)
     assert np.abs(reference.unit - direct.array).max() < 1e-3
@@ -171,8 +169,8 @@ def test_forced_fov_truncates(gen):
 
 
 def test_cache_readable_resumable_and_batchable(gen, tmp_path):
-    from axonct.atomic import PARTIAL_TAG
-    from axonct.datasets import Augmentation, BatchMaker, CTCache
+    from axonct.io.atomic import PARTIAL_TAG
+    from axonct.data.datasets import Augmentation, BatchMaker, CTCache
 
     out = tmp_path / "train"
     man = write_synthetic_cache(out, gen.config, 3, seed=1, generator=gen)
@@ -212,7 +210,7 @@ def test_held_out_sets_are_disjoint(gen, tmp_path):
     test = tmp_path / "sets" / "test"
     write_synthetic_cache(test, gen.config, 2, seed=11, split="test", generator=gen, disjoint_from=[train])
     assert_disjoint(train, test)
-    from axonct.datasets import CTCache
+    from axonct.data.datasets import CTCache
 
     assert CTCache(test).case_ids("test") == ["SYN11-00000", "SYN11-00001"]
     # the same set seed next to an existing set is refused

@@ -14,12 +14,12 @@ import SimpleITK as sitk
 import torch
 
 from axonct.config import data_preset
-from axonct.ct_preprocess import ct_to_model
-from axonct.drr import drr_from_unit_volume
+from axonct.io.ct_preprocess import ct_to_model
+from axonct.physics.drr import drr_from_unit_volume
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr
-from axonct.template_fit import TemplateFit, affine_warp, default_template, fit_template
-from axonct.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+from axonct.guidance.template_fit import TemplateFit, affine_warp, default_template, fit_template
+from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
 from synthetic import synthetic_chest
 
 WORK = 32

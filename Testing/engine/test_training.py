@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from axonct.checkpoint import load_into, load_stage
+from axonct.pipeline.checkpoint import load_into, load_stage
 from axonct.errors import AxonInputError
 from axonct.presets import model_preset
-from axonct.training import build_stage, train
+from axonct.pipeline.loading import build_stage
+from axonct.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +103,7 @@ def test_two_gloo_processes_train_identical_weights(tiny_cache, tmp_path):
     run = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "axonct.cli", "train", "sr", "--data", str(tiny_cache), "--config", "tiny", "--steps", "4",
+           "-m", "axonct.app.cli", "train", "sr", "--data", str(tiny_cache), "--config", "tiny", "--steps", "4",
            "--out", str(run), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -113,7 +114,7 @@ def test_two_gloo_processes_train_identical_weights(tiny_cache, tmp_path):
 
 
 def test_resumed_run_on_another_cache_keeps_its_whole_training_record():
-    from axonct.training import merge_training_record
+    from axonct.training.trainer import merge_training_record
 
     first = {"cache": "/a", "cases": ["cxr"], "steps": 700}
     second = {"cache": "/synth", "cases": ["SYN0-00000", "cxr"], "steps": 1500, "synthetic_from": ["/d/cxr.nii.gz"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from axonct.xray_realism import RealismConfig, gaussian_blur, simulate_radiograph
+from axonct.physics.xray_realism import RealismConfig, gaussian_blur, simulate_radiograph
 
 
 def _phantom(n=64):

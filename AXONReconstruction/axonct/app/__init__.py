@@ -1,0 +1,1 @@
+"""Front ends: the `axon` command line, the reconstruct job and its torch-free protocol."""

@@ -1,0 +1,237 @@
+"""`axon reconstruct`: the job the CLI and the Slicer module's background process run.
+
+Contract with a follower process (`axonct.app.protocol`): JSON event lines on stdout (a plan once
+the weights are loaded, progress, messages, then a result or an error), errors also as one readable
+line on stderr, and the protocol's exit codes: `EXIT_OK`, `EXIT_INPUT` (bad input), `EXIT_OOM`,
+`EXIT_SIGINT`/`EXIT_SIGTERM` (cancelled), `EXIT_INTERNAL` (a bug, with its traceback). Outputs
+appear only when complete: nothing is written until every stage has finished, and each file is
+written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from axonct.errors import AxonInputError
+from axonct.options import ReconstructOptions
+from axonct.io.output_policy import CooperativeSignals, Outputs
+from axonct.pipeline.loading import default_weights_dir
+from axonct.pipeline.reconstruction import AxonPipeline, Reconstruction, is_out_of_memory
+from axonct.app.protocol import (EXIT_INPUT, EXIT_OK, EXIT_OOM, EXIT_SIGINT, EXIT_SIGNAL, Cancelled,
+                                 ProgressLines)
+from axonct.guidance.reprojection import consistency_report
+from axonct.io.volume_export import output_format, plan_volume, report_name, sibling, write_volume
+
+
+@dataclass
+class ReconstructRequest:
+    """One job: the inputs, where it writes, and the user's `ReconstructOptions`."""
+
+    frontal: str
+    out: str
+    lateral: str | None = None
+    weights: str | None = None
+    options: ReconstructOptions = field(default_factory=ReconstructOptions)
+    oom_fallback: bool = False
+    overwrite: bool = False  # replace the outputs of an earlier AXON run at the same names
+
+
+_Signals = CooperativeSignals  # SIGINT/SIGTERM -> a flag the progress callback checks between steps
+
+
+def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict:
+    from axonct.runtime import resolve_device
+
+    out = Path(req.out)
+    output_format(out)  # refuse an unsupported output name before any work
+    opts = req.options.validate()
+    weights = Path(req.weights) if req.weights else default_weights_dir()
+    device = resolve_device(opts.device)
+    progress.message(f"loading weights from {weights} on {device}")
+    pipeline = AxonPipeline.load(weights, device, precision=opts.precision)
+    progress.message(f"precision {pipeline.precision}")
+    outputs = plan_outputs(req, pipeline.preset)  # conflicts, writability, free space: before any compute
+    views, mask = pipeline.model_views(req.frontal, req.lateral)
+    t0 = time.time()
+    emit_plan(req, pipeline, progress)
+    options = _sampling_options(req, pipeline, views, mask, progress)
+    try:
+        rec = pipeline.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
+                                   progress=progress, fine_strength=opts.fine_strength, **options)
+    except Cancelled:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if not (req.oom_fallback and device.type == "cuda"):
+            raise MemoryError(f"out of memory on {device} during reconstruction; try --samples 1, "
+                              f"--device cpu, or --oom-fallback") from exc
+        import torch
+
+        torch.cuda.empty_cache()
+        progress.message("out of GPU memory: falling back to the CPU (slower)")
+        pipeline = AxonPipeline.load(weights, "cpu", precision=opts.precision)
+        progress.message(f"precision {pipeline.precision}")
+        emit_plan(req, pipeline, progress, template_done=True)  # the run starts again, on the CPU
+        rec = pipeline.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
+                                   progress=progress, fine_strength=opts.fine_strength, **options)
+    return write_outputs(rec, req, weights, pipeline, time.time() - t0, outputs)
+
+
+def _consistency(opts: ReconstructOptions):
+    if not opts.consistency:
+        return None
+    from axonct.guidance.consistency import ConsistencyConfig
+
+    return ConsistencyConfig(strength=opts.consistency_strength)
+
+
+def run_plan(req: ReconstructRequest, pipeline: AxonPipeline, template_done: bool = False) -> dict[str, int]:
+    """The run's work units per phase, in order: template fit iterations (--start template), then
+    `AxonPipeline.work_plan` (calibrations, coarse and fine steps, SR tiles, each x K)."""
+    opts = req.options
+    plan: dict[str, int] = {}
+    if opts.start == "template" and not template_done:
+        from axonct.guidance.template_fit import AFFINE_ITERS, DEFORM_ITERS
+
+        plan["template"] = AFFINE_ITERS + DEFORM_ITERS
+    plan.update(pipeline.work_plan(opts.steps, opts.samples, consistency=_consistency(opts),
+                                   start=opts.start == "template", fine_strength=opts.fine_strength))
+    return plan
+
+
+def emit_plan(req: ReconstructRequest, pipeline: AxonPipeline, progress: ProgressLines,
+              template_done: bool = False) -> dict:
+    samples = req.options.samples
+    return progress.plan(run_plan(req, pipeline, template_done), samples=samples,
+                         batch=pipeline._sample_batch(samples, None))
+
+
+def _sampling_options(req: ReconstructRequest, pipeline: AxonPipeline, views, mask, progress) -> dict:
+    """Consistency and start options of `AxonPipeline.reconstruct` from the request."""
+    options: dict = {}
+    opts = req.options
+    if opts.consistency:
+        options["consistency"] = _consistency(opts)
+    if opts.start == "template":
+        from axonct.guidance.template_fit import fit_template
+
+        progress.message("fitting the template CT to the input views")
+        fit = fit_template(views, mask, pipeline.preset.data, progress=progress)
+        options["start"] = fit.unit
+    return options
+
+
+def output_files(req: ReconstructRequest) -> dict:
+    """Where a run writes: the volume, the std (with --samples > 1) and the report, all named from the
+    whole --out name (`scan.v2.nrrd` -> `scan.v2_std.nrrd`, `scan.v2_report.json`)."""
+    out = Path(req.out)
+    files = {"volume": str(out)}
+    if req.options.samples > 1:
+        files["std"] = str(sibling(out, "std"))
+    files["report"] = str(report_name(out))
+    return files
+
+
+def plan_outputs(req: ReconstructRequest, preset) -> Outputs:
+    """Check every output of the run (conflicts, writability, free space) before any compute."""
+    size = preset.data.grid.size
+    files = output_files(req)
+    outputs = Outputs("reconstruct", overwrite=req.overwrite)
+    for key in ("volume", "std"):
+        if key in files:
+            plan_volume(outputs, files[key], size)
+    outputs.file(files["report"])
+    per_volume = size**3 * (2 if output_format(req.out) == "dicom" else 4) + size * 2048
+    outputs.check(per_volume * (len(files) - 1) + (1 << 20))
+    return outputs
+
+
+def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
+                  seconds: float, outputs: Outputs | None = None) -> dict:
+    """All outputs or none: staged under temporary names and renamed together; an older file at any of
+    the names (replaced only with --overwrite) survives every failure of this step."""
+    import SimpleITK as sitk
+
+    grid = rec.preset.data.grid
+    volume = rec.volume().to_hu_image()
+    files = output_files(req)
+    if outputs is None:
+        outputs = plan_outputs(req, rec.preset)
+    report = _report(rec, req, weights, pipeline, seconds, volume, files)
+    with outputs:
+        write_volume(volume, files["volume"], outputs=outputs)
+        if "std" in files:
+            std = rec.std if rec.std is not None else np.zeros_like(rec.mean)
+            std_img = sitk.GetImageFromArray((std * (grid.hu_max - grid.hu_min)).astype(np.float32))
+            std_img.CopyInformation(volume)  # the spread in HU, on the same grid
+            write_volume(std_img, files["std"], "AXON voxel-wise standard deviation", outputs)
+        outputs.path(files["report"]).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
+    from axonct.io.ct_preprocess import unit_to_hu
+
+    grid = rec.preset.data.grid
+    return {
+        "inputs": {"frontal": req.frontal, "lateral": req.lateral},
+        "weights": str(weights),
+        "weights_trained_on": {k: pipeline.cards["coarse"].get("trained_on", {}).get(k)
+                               for k in ("cases", "steps_done")},
+        "preset": rec.preset.name,
+        "options": req.options.to_dict(),
+        "samples": req.options.samples, "seed": req.options.seed, "steps": req.options.steps,
+        "start": req.options.start,
+        "sampling_defaults": pipeline.sampling.to_dict(),
+        "device": str(pipeline.device), "precision": pipeline.precision.to_dict(),
+        "sample_batch": getattr(pipeline, "last_batch", 1),
+        "consistency": rec.consistency if req.options.consistency else "off",
+        "grid": {"size": grid.size, "fov_mm": grid.fov_mm, "spacing_mm": grid.spacing_mm,
+                 "origin_lps_mm": list(volume.GetOrigin()), "direction": "identity (LPS)"},
+        "reprojection_consistency": consistency_report(rec.mean, grid, rec.preset.data, rec.views, rec.view_mask),
+        "seconds": {**{k: round(v, 2) for k, v in rec.seconds.items()}, "total": round(seconds, 2)},
+        "mean_hu": float(unit_to_hu(rec.mean, grid).mean()),
+        "files": files,
+        "note": "research use only; not for diagnosis",
+    }
+
+
+def main_reconstruct(req: ReconstructRequest) -> int:
+    with _Signals() as signals:
+        progress = ProgressLines(human=sys.stderr.isatty(), should_stop=lambda: signals.received is not None)
+        try:
+            report = run_reconstruction(req, progress)
+        except Cancelled:
+            return _failed(progress, "cancelled", "cancelled; no output was written",
+                           EXIT_SIGNAL.get(signals.received, EXIT_SIGINT))
+        except AxonInputError as exc:
+            return _failed(progress, "input", f"error: {exc}", EXIT_INPUT)
+        except MemoryError as exc:
+            return _failed(progress, "oom", f"error: {exc}", EXIT_OOM)
+        except Exception as exc:  # a bug: the event, then the traceback (exit code 1, EXIT_INTERNAL)
+            progress.close()
+            progress.error("internal", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            progress.close()
+    progress.message("done")
+    progress.result(report["files"], report["reprojection_consistency"])
+    # the last line, plain JSON, for shell use (`| tail -n 1`)
+    print(json.dumps({"done": True, "files": report["files"],
+                      "reprojection_consistency": report["reprojection_consistency"]}))
+    return EXIT_OK
+
+
+def _failed(progress: ProgressLines, kind: str, text: str, code: int) -> int:
+    """An error event on stdout and the one human line on stderr; returns the exit code."""
+    progress.close()
+    progress.error(kind, text.removeprefix("error: "), code)
+    print(f"axon reconstruct: {text}", file=sys.stderr)
+    return code

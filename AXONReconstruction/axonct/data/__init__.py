@@ -1,0 +1,1 @@
+"""Training data: the cache schema, `axon prepare`, synthetic anatomy and the batch datasets."""

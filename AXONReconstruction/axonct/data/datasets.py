@@ -1,0 +1,134 @@
+"""Training batches from an `axon prepare` cache.
+
+Every batch is a pure function of (seed, step, rank): cases, spatial augmentation and X-ray realism
+are all drawn from a generator seeded by those three numbers. That is what makes `--resume`
+continue exactly the same loss curve, and lets DDP ranks see different data without coordination.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from axonct.config import DataConfig
+from axonct.data import cache_schema as schema
+from axonct.physics.drr import drr_from_unit_volume
+from axonct.physics.geometry import rotation_matrix
+from axonct.errors import AxonInputError
+from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
+    """A generator for one (seed, step, rank, stream): reproducible without saving RNG state."""
+    key = (((seed * 1_000_003 + step) * 1009 + rank) * 31 + stream) % (2**63 - 1)
+    return torch.Generator().manual_seed(key)
+
+
+class CTCache:
+    """Read access to a prepared cache (`cache_schema`), with its config, splits and cases checked."""
+
+    def __init__(self, root: str | Path, expected: DataConfig | None = None, max_cached: int = 64):
+        self.root = Path(root)
+        self.manifest = schema.read_manifest(self.root)
+        self.config = schema.manifest_config(self.manifest, self.root)
+        if expected is not None and not schema.same_config(self.manifest, expected):
+            raise AxonInputError(self.root, f"cache grid/geometry ({self.config.grid.size}^3, "
+                                            f"{self.config.geometry.detector_pixels}^2 views) differ from the "
+                                            f"preset's ({expected.grid.size}^3, {expected.geometry.detector_pixels}^2); "
+                                            "prepare the cache with the same --preset")
+        self.all_ids = [c["case_id"] for c in self.manifest["cases"]]
+        self.splits = schema.read_splits(self.root, self.all_ids)
+        self._memo: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._max = max_cached
+
+    def case_ids(self, split: str) -> list[str]:
+        if split == "all":
+            return list(self.all_ids)
+        return list(self.splits.get(split, []))
+
+    def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if case_id in self._memo:
+            self._memo.move_to_end(case_id)
+            return self._memo[case_id]
+        ct, drr = schema.read_case_arrays(schema.case_dir(self.root, case_id), self.config)
+        self._memo[case_id] = (ct, drr)
+        if len(self._memo) > self._max:
+            self._memo.popitem(last=False)
+        return ct, drr
+
+
+@dataclass
+class Augmentation:
+    """Spatial augmentation of the CT (DRRs are re-rendered after it) and realism of the views."""
+
+    spatial: bool = True
+    max_rotation_deg: float = 6.0
+    scale_range: tuple[float, float] = (0.92, 1.08)
+    max_shift_mm: float = 12.0
+    realism: RealismConfig | None = field(default_factory=RealismConfig)
+
+    @classmethod
+    def none(cls) -> "Augmentation":
+        return cls(spatial=False, realism=None)
+
+
+def random_affine(cube: torch.Tensor, aug: Augmentation, fov_mm: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate, scale and shift a [D,H,W] unit cube about its centre (outside = air = 0)."""
+    u = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=gen))  # noqa: E731
+    angles = torch.tensor([u(-1, 1) for _ in range(3)]) * math.radians(aug.max_rotation_deg)
+    scale = u(*aug.scale_range)
+    shift = torch.tensor([u(-1, 1) for _ in range(3)]) * aug.max_shift_mm / (fov_mm / 2)
+    theta = torch.zeros(1, 3, 4)
+    theta[0, :, :3] = rotation_matrix(angles.double()).float() / scale
+    theta[0, :, 3] = shift
+    grid = F.affine_grid(theta, (1, 1, *cube.shape), align_corners=False)
+    return F.grid_sample(cube[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+
+
+class BatchMaker:
+    """Builds model-ready batches from a cache split."""
+
+    def __init__(self, cache: CTCache, case_ids: list[str], sr_factor: int, aug: Augmentation):
+        if not case_ids:
+            raise AxonInputError(cache.root, "has no cases in the requested split")
+        self.cache, self.ids, self.factor, self.aug = cache, case_ids, sr_factor, aug
+        self.cfg = cache.config
+
+    def sample(self, case_id: str, gen: torch.Generator) -> dict:
+        ct, drr = self.cache.load(case_id)
+        cube = torch.from_numpy(ct)
+        views = torch.from_numpy(drr)
+        if self.aug.spatial:
+            cube = random_affine(cube, self.aug, self.cfg.grid.fov_mm, gen).clamp(0, 1)
+            with torch.no_grad():
+                views = drr_from_unit_volume(cube, self.cfg.grid, self.cfg.geometry, self.cfg.views)
+        if self.aug.realism is not None:
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
+            views = simulate_radiograph(views, self.aug.realism, seed=seed)
+        else:
+            views = robust_unit(views[:, None])[:, 0]
+        hi = cube[None] * 2 - 1
+        lo = F.avg_pool3d(hi[None], self.factor)[0] if self.factor > 1 else hi
+        return {"x0_hi": hi, "x0": lo, "views": views.float(), "view_mask": torch.ones(views.shape[0])}
+
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0) -> dict:
+        gen = step_generator(seed, step, rank, stream=1)
+        picks = torch.randint(0, len(self.ids), (batch_size,), generator=gen).tolist()
+        items = [self.sample(self.ids[i], gen) for i in picks]
+        out = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        out["case_ids"] = [self.ids[i] for i in picks]
+        return out
+
+    def fixed(self, case_ids: list[str]) -> dict:
+        """Unaugmented batch of given cases (validation)."""
+        gen = torch.Generator().manual_seed(0)
+        items = [self.sample(c, gen) for c in case_ids]
+        out = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        out["case_ids"] = list(case_ids)
+        return out

@@ -1,0 +1,46 @@
+"""PNG montages of volumes and views, for people to look at (no matplotlib dependency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from axonct.io.atomic import atomic_path
+
+
+def to_uint8(img: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    img = np.asarray(img, dtype=np.float32)
+    lo = float(np.percentile(img, 0.5)) if lo is None else lo
+    hi = float(np.percentile(img, 99.5)) if hi is None else hi
+    return (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def orthogonal_slices(cube: np.ndarray) -> dict[str, np.ndarray]:
+    """Mid slices of a [z, y, x] LPS cube in radiological display (patient right on the left, head up)."""
+    z, y, x = (s // 2 for s in cube.shape)
+    return {
+        "axial": cube[z, :, :],  # rows anterior->posterior, cols right->left
+        "coronal": cube[::-1, y, :],  # rows superior->inferior, cols right->left
+        "sagittal": cube[::-1, :, x],  # rows superior->inferior, cols anterior->posterior
+    }
+
+
+def save_montage(rows: list[list[tuple[str, np.ndarray]]], path: str | Path, tile: int = 192) -> Path:
+    """Grid of labelled uint8 tiles; each row is a list of (label, image)."""
+    ncols = max(len(r) for r in rows)
+    label_h = 16
+    canvas = Image.new("L", (ncols * tile, len(rows) * (tile + label_h)), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, row in enumerate(rows):
+        for j, (label, img) in enumerate(row):
+            arr = img if img.dtype == np.uint8 else to_uint8(img)
+            im = Image.fromarray(arr).resize((tile, tile), Image.BILINEAR)
+            top = i * (tile + label_h)
+            canvas.paste(im, (j * tile, top + label_h))
+            draw.text((j * tile + 3, top + 2), label, fill=255)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,1 @@
+"""Commands that use the engine: evaluation, benchmarks, the demo, DRR export."""
