@@ -133,7 +133,7 @@ def resolve_precision(requested: str | None, device: torch.device | str, probe_c
 
 
 # ----------------------------------------------------------------------------- the CPU probe
-def _cpu_identity() -> dict:
+def cpu_identity() -> dict:
     """What the probe's answer depends on: the CPU, its flags, torch, and the ISA caps in the env."""
     model, flags = platform.processor() or platform.machine(), ""
     try:
@@ -204,7 +204,7 @@ def measure_cpu_bf16() -> dict:
 
 def cpu_bf16_probe(cache: Path | None = None, use_cache: bool = True) -> dict:
     """The probe's timings for this CPU, from the cache when the machine and its caps match."""
-    ident = _cpu_identity()
+    ident = cpu_identity()
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache) if cache is not None else default_probe_cache()
     if use_cache and os.environ.get("AXON_PRECISION_PROBE_CACHE", "1") != "0":
@@ -235,14 +235,3 @@ def _store(path: Path, key: str, entry: dict) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
-
-
-def machine_summary(device: torch.device | str) -> dict:
-    """Short machine facts for reports and benchmarks (no platform-only modules)."""
-    dev = torch.device(device)
-    ident = _cpu_identity()
-    out = {"cpu": ident["cpu"], "aten_capability": ident["capability"], "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "python": platform.python_version(), "device": str(dev)}
-    if dev.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(dev)
-    return out

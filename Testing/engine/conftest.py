@@ -61,3 +61,15 @@ def tiny_weights(tiny_cache, tmp_path_factory) -> Path:
     from synthetic import train_tiny_weights
 
     return train_tiny_weights(tiny_cache, tmp_path_factory.mktemp("tiny_runs"))
+
+
+@pytest.fixture(scope="session")
+def frontal(tmp_path_factory, tiny_cache) -> Path:
+    """A 16-bit PNG of a cached frontal DRR: a small, valid radiograph for command-line runs."""
+    import numpy as np
+    from PIL import Image
+
+    drr = np.load(next((tiny_cache / "cases").iterdir()) / "drr.npy")
+    path = tmp_path_factory.mktemp("xr") / "frontal.png"
+    Image.fromarray((drr[0] / drr[0].max() * 65535).astype(np.uint16)).save(path)
+    return path

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -152,16 +151,6 @@ def test_demo_shares_the_policy(tiny_weights, tmp_path):
 
 
 # ----------------------------------------------------------------------------- reconstruct
-
-
-@pytest.fixture(scope="module")
-def frontal(tmp_path_factory, tiny_cache) -> Path:
-    from PIL import Image
-
-    drr = np.load(next((tiny_cache / "cases").iterdir()) / "drr.npy")
-    path = tmp_path_factory.mktemp("xr") / "frontal.png"
-    Image.fromarray((drr[0] / drr[0].max() * 65535).astype(np.uint16)).save(path)
-    return path
 
 
 def _reconstruct(frontal, weights, out, *extra):

@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from axonct.app import protocol
 from axonct.options import ReconstructOptions
@@ -116,14 +114,6 @@ def test_cancel_check_raises_between_steps():
 
 
 # --------------------------------------------------------------------------- a real run
-@pytest.fixture(scope="module")
-def frontal(tmp_path_factory, tiny_cache) -> Path:
-    drr = np.load(next((tiny_cache / "cases").iterdir()) / "drr.npy")
-    path = tmp_path_factory.mktemp("xr") / "frontal.png"
-    Image.fromarray((drr[0] / drr[0].max() * 65535).astype(np.uint16)).save(path)
-    return path
-
-
 def _events(stdout: str) -> list[dict]:
     return [e for e in map(protocol.parse_line, stdout.splitlines()) if e]
 

@@ -15,7 +15,7 @@ import torch
 
 from axonct.io.atomic import write_text
 from axonct.config import ProjectionGeometry, VolumeGrid
-from axonct.runtime import resolve_device, resolve_precision
+from axonct.runtime import cpu_identity, resolve_device, resolve_precision
 
 DRR_GOAL_SECONDS = {"cpu": 2.0, "cuda": 0.05}  # a biplanar pair at 256^2
 FP32_PROJECTOR = {"name": "fp32", "requested": "fp32",
@@ -23,20 +23,10 @@ FP32_PROJECTOR = {"name": "fp32", "requested": "fp32",
 
 
 def machine_info() -> dict:
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "aten_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine a benchmark ran on (CPU model and ATen capability as the precision probe sees them)."""
+    ident = cpu_identity()
+    info = {"cpu": ident["cpu"], "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "aten_capability": ident["capability"]}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
