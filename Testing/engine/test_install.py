@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -33,8 +34,13 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("install")
     wheels = root / "wheels"
+    # Build from a copy without build/ or egg-info folders: a stale build/lib in a working checkout would
+    # otherwise slip modules that no longer exist into the wheel (and hide ones that are missing).
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".data", "out", "runs", "gpu_wheels"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-          "--disable-pip-version-check", "-w", str(wheels), str(REPO)])
+          "--disable-pip-version-check", "-w", str(wheels), str(source)])
     wheel = next(wheels.glob("axon_xray2ct-*.whl"))
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
@@ -60,7 +66,12 @@ def test_wheel_carries_engine_weights_and_no_checkout_files(installed):
     for stage in ("coarse", "controlnet", "sr"):
         assert f"axonct/weights/cpu/{stage}.safetensors" in names and f"axonct/weights/cpu/{stage}.json" in names
     assert "axonct/weights/cpu/MODEL_CARD.md" in names
-    assert "axonct/runtime.py" in names and "axonct/cli.py" in names
+    engine = REPO / "AXONReconstruction"
+    sources = {p.relative_to(engine).as_posix() for p in (engine / "axonct").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    shipped = {n for n in names if n.startswith("axonct/") and n.endswith(".py")}
+    assert shipped == sources, ("wheel and source tree differ", sorted(shipped ^ sources))
+    assert "axonct/app/cli.py" in shipped and "axonct/pipeline/reconstruction.py" in shipped
     assert not [n for n in names if n.startswith(("Testing/", "AXONReconstructionLib/", "scripts/"))]
     meta = next(n for n in names if n.endswith("METADATA"))
     requires = [line for line in zipfile.ZipFile(installed["wheel"]).read(meta).decode().splitlines()
