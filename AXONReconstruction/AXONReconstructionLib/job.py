@@ -450,6 +450,11 @@ class ReconstructionJobs:
                  if isinstance(c, dict) and c.get("given") and c.get("correlation") is not None]
         if agree:
             text += "; agreement with the radiographs (correlation of reprojections): " + ", ".join(agree)
+        checks, warnings = protocol.report_checks_text(report)
+        if checks:
+            text += "; " + checks
+        if warnings:
+            text += ". WARNING: " + "; ".join(warnings)
         precision = report.get("precision") or {}
         if precision.get("name"):
             text += f"; {report.get('device', '')} {precision['name']} ({precision.get('reason', '')})"

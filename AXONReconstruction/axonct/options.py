@@ -65,6 +65,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 LEGACY_PRECISION = {"off": "fp32", "float32": "fp32", "bfloat16": "bf16", "none": "fp32"}  # old --amp values
 START_MODES = ("stage1", "template")
 MAX_CONSISTENCY_STRENGTH = 4.0
+FRAMINGS = ("auto", "none")
+THORAX_WIDTH_MM = (60.0, 450.0)
+"""Lung-field widths a user may give, newborn to the largest adult."""
 
 
 @dataclass
@@ -81,6 +84,9 @@ class ReconstructOptions:
     consistency_strength: float = 1.0  # 0-4; 1 = a full correction per step
     start: str = "stage1"  # Stage II starts from Stage I's output, or from a template fit
     fine_strength: float | None = None  # Stage II start strength 0-1 (how much of Stage I it redraws)
+    framing: str = "auto"  # frame the radiographs by their lung fields like the training DRRs, or "none"
+    thorax_width_mm: float | None = None  # the patient's lung-field width; None = measured or assumed
+    lung_fields: bool = True  # keep air behind the input's lung fields during sampling (with consistency)
 
     def validate(self) -> "ReconstructOptions":
         """Raise AxonInputError naming the option; returns self so calls chain."""
@@ -106,6 +112,13 @@ class ReconstructOptions:
             bad("--start", f"must be one of {', '.join(START_MODES)} (got {self.start!r})")
         if self.fine_strength is not None and not (_is_number(self.fine_strength) and 0.0 <= self.fine_strength <= 1.0):
             bad("--fine-strength", f"must be a number from 0 to 1 (got {self.fine_strength!r})")
+        if self.framing not in FRAMINGS:
+            bad("--framing", f"must be one of {', '.join(FRAMINGS)} (got {self.framing!r})")
+        lo, hi = THORAX_WIDTH_MM
+        if self.thorax_width_mm is not None and not (_is_number(self.thorax_width_mm) and lo <= self.thorax_width_mm <= hi):
+            bad("--thorax-width-mm", f"must be a number of millimetres from {lo:g} to {hi:g} (got {self.thorax_width_mm!r})")
+        if not isinstance(self.lung_fields, bool):
+            bad("--lung-fields", f"must be on or off (got {self.lung_fields!r})")
         return self
 
     # ------------------------------------------------------------------ the one serialisation
@@ -129,6 +142,9 @@ class ReconstructOptions:
             args += ["--steps", str(self.steps)]
         if self.fine_strength is not None:
             args += ["--fine-strength", repr(float(self.fine_strength))]
+        args += ["--framing", self.framing, "--lung-fields", "on" if self.lung_fields else "off"]
+        if self.thorax_width_mm is not None:
+            args += ["--thorax-width-mm", repr(float(self.thorax_width_mm))]
         return args
 
 

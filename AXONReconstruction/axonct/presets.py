@@ -33,6 +33,11 @@ class CoarseConfig:
     eta: float = 1.0
     y_loss_weight: float = 1.0  # L1 of the lifted start volume y against the CT
     view_dropout: float = 0.3  # probability of training a sample with the frontal view only
+    input_domain: str = "equalized"  # the encoders' input: rank-equalised views, or "percentile" (older weights)
+
+    def __post_init__(self):
+        if self.input_domain not in ("equalized", "percentile"):
+            raise ValueError(f"coarse.input_domain must be 'equalized' or 'percentile', not {self.input_domain!r}")
 
 
 @dataclass
@@ -118,11 +123,19 @@ class ModelPreset:
         return cls(
             name=d.get("name", "custom"),
             data=DataConfig.from_dict(d.get("data", {})),
-            coarse=build(CoarseConfig, d.get("coarse", {})),
+            coarse=build(CoarseConfig, _legacy_coarse(d.get("coarse", {}))),
             prior=build(PriorConfig, d.get("prior", {})),
             sr=build(SRConfig, d.get("sr", {})),
             train=build(TrainConfig, _legacy_train(d.get("train", {}))),
         )
+
+
+def _legacy_coarse(values: dict) -> dict:
+    """Cards written before `input_domain` existed trained on percentile-normalised views."""
+    values = dict(values)
+    if values and "input_domain" not in values:
+        values["input_domain"] = "percentile"
+    return values
 
 
 def _legacy_train(values: dict) -> dict:

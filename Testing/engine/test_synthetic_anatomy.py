@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -85,18 +86,40 @@ def test_chests_are_plausible(gen, reference, seed):
     body = hu > -500
     assert 0.05 < body.mean() < 0.6  # a body, neither empty nor filling the cube
     lung_ids = _ids(gen, LUNG_LEFT + LUNG_RIGHT)
-    ratio = np.isin(c.labels, lung_ids).sum() / np.isin(reference.labels, lung_ids).sum()
+    size = float(np.prod(c.params["affine"]["scale"]))  # body size (child to large adult) is wanted
+    ratio = np.isin(c.labels, lung_ids).sum() / np.isin(reference.labels, lung_ids).sum() / size
     assert 0.6 < ratio < 1.6
     lung_hu = np.median(hu[np.isin(c.labels, lung_ids)])
     assert -950 < lung_hu < -650  # still aerated parenchyma
     heart = c.labels == gen.ids["heart"]
-    assert heart.sum() > 0.5 * (reference.labels == gen.ids["heart"]).sum()
+    assert heart.sum() > 0.5 * size * (reference.labels == gen.ids["heart"]).sum()
     assert np.mean(hu[heart] > -300) > 0.9  # heart tissue, not air: inside the body
     # heart between the lungs (+x is patient-left, the last array axis)
     assert _centroid_x(c.labels, _ids(gen, LUNG_RIGHT)) < _centroid_x(c.labels, [gen.ids["heart"]]) \
         < _centroid_x(c.labels, _ids(gen, LUNG_LEFT))
     bone = np.isin(c.labels, gen.spine_ids)
     assert np.median(hu[bone]) > 100  # vertebrae still dense
+    _assert_lungs_inside_ribs(gen, c)
+
+
+def _assert_lungs_inside_ribs(gen, c):
+    """In every axial slice with both, the lungs lie within the rib cage's LR extent (one voxel slack).
+
+    The cage of a slice is the ribs within +-10 mm (oblique ribs leave intercostal gaps in any one
+    slice); AP is not checked (sloping posterior ribs leave slices where the lungs reach further back).
+    """
+    ribs = np.isin(c.labels, gen.rib_ids).any(axis=1)  # [z, x]
+    lungs = c.lung_mask().any(axis=1)
+    k = max(1, int(round(10.0 / c.config.grid.spacing_mm)))
+    checked = 0
+    for z in range(c.labels.shape[0]):
+        cage = ribs[max(z - k, 0): z + k + 1].any(axis=0)
+        if cage.sum() < 4 or not lungs[z].any():
+            continue
+        rx, lx = np.nonzero(cage)[0], np.nonzero(lungs[z])[0]
+        assert rx[0] - 1 <= lx[0] and lx[-1] <= rx[-1] + 1, z
+        checked += 1
+    assert checked > 10
 
 
 def _extreme(gen, params, sign):
@@ -105,12 +128,16 @@ def _extreme(gen, params, sign):
     p = json.loads(json.dumps(params))
     p.pop("deformation_scale", None)
     pick = (lambda r: r[1]) if sign > 0 else (lambda r: r[0])
-    p["lungs"] = {"scale_left": pick(a.lung_scale), "scale_right": pick(a.lung_scale)}
-    p["heart"] = {"scale": pick(a.heart_scale), "shift_mm": [sign * m for m in a.heart_shift_mm]}
-    p["diaphragm"] = {"left_mm": sign * a.diaphragm_mm, "right_mm": -sign * a.diaphragm_mm}
-    p["spine"] = {"lateral_c_mm": sign * a.spine_lateral_mm, "lateral_s_mm": sign * a.spine_lateral_mm / 2,
-                  "ap_mm": sign * a.spine_ap_mm}
-    p["ribs"] = {"spacing": sign * a.rib_spacing, "angle": sign * a.rib_angle}
+    lung = sign * a.breath_lung_scale + pick(a.lung_scale)
+    p["lungs"] = {"scale_left": lung, "scale_right": lung}
+    p["heart"] = {"scale": pick(a.heart_scale) + (a.child_heart_scale if sign > 0 else 0.0),
+                  "shift_mm": [sign * m for m in a.heart_shift_mm]}
+    dome = a.breath_diaphragm_mm + a.diaphragm_mm
+    p["diaphragm"] = {"left_mm": sign * dome, "right_mm": -sign * dome}
+    bend = a.scoliosis_mm[1]
+    p["spine"] = {"lateral_c_mm": sign * bend, "lateral_s_mm": sign * bend / 2, "ap_mm": sign * a.spine_ap_mm}
+    p["ribs"] = {"spacing": sign * (a.rib_spacing + a.breath_rib_spacing), "angle": sign * a.rib_angle}
+    p["habitus"] = dict(p["habitus"], chest_shape=pick(a.chest_shape), fat_shell=pick(a.fat_shell))
     return p
 
 
@@ -166,6 +193,235 @@ def test_forced_fov_truncates(gen):
     outer = np.hypot(xx - cx, yy - cy) > r + 1e-6
     assert not body_b[:, outer].any() and body_a[:, outer].sum() > 100  # the circle cut real body
     assert b.labels[:, outer].max() == 0 and b.labels[coords > hi + 1e-6].max() == 0
+
+
+def _variant(gen, **anatomy):
+    """The loaded generator with other anatomy settings (no reloading of the CT)."""
+    v = SyntheticChestGenerator.__new__(SyntheticChestGenerator)
+    v.__dict__.update(gen.__dict__)
+    v.anatomy = dataclasses.replace(gen.anatomy, **anatomy)
+    return v
+
+
+def _hu(chest):
+    return unit_to_hu(chest.unit, chest.config.grid)
+
+
+def _mm(chest, index):
+    n, s = chest.config.grid.size, chest.config.grid.spacing_mm
+    return (np.asarray(index, dtype=float) - (n - 1) / 2.0) * s
+
+
+def _base_mm(chest, mask):
+    """Height of a lung's base: median over its (y, x) columns of the lowest lung voxel (mm)."""
+    has = mask.any(axis=0)
+    lowest = np.argmax(mask, axis=0)[has]
+    return float(_mm(chest, np.median(lowest)))
+
+
+def _ctr(gen, chest):
+    """Cardiothoracic ratio as on a frontal film: widest heart row / widest lung row (coronal projection)."""
+    def widest(m2d):
+        rows = [np.nonzero(r)[0] for r in m2d if r.any()]
+        return max(r[-1] - r[0] + 1 for r in rows)
+    return widest((chest.labels == gen.ids["heart"]).any(axis=1)) / widest(chest.lung_mask().any(axis=1))
+
+
+def test_lung_masks_match_labels(gen):
+    c = gen.generate(8)
+    m = c.lung_mask()
+    left, right = c.lung_side_masks()
+    assert m.dtype == bool and left.dtype == bool and m.shape == c.labels.shape == left.shape
+    assert np.array_equal(m, np.isin(c.labels, _ids(gen, LUNG_LEFT + LUNG_RIGHT)))
+    assert np.array_equal(left, np.isin(c.labels, _ids(gen, LUNG_LEFT)))
+    assert np.array_equal(right, np.isin(c.labels, _ids(gen, LUNG_RIGHT)))
+    assert not (left & right).any() and np.array_equal(left | right, m)
+    assert left.sum() > 1000 and right.sum() > 1000
+    assert np.argwhere(left)[:, 2].mean() > np.argwhere(right)[:, 2].mean()  # patient left is +x
+    bare = dataclasses.replace(c, lung_ids=((), ()))
+    with pytest.raises(ValueError, match="lung label ids"):
+        bare.lung_mask()
+
+
+def test_identity_params_are_neutral(gen, reference):
+    p = gen.identity_params()
+    q, step = gen.sampling_map(p, points=17)
+    half = (gen.config.grid.size - 1) / 2.0 * gen.config.grid.spacing_mm
+    axis = np.linspace(-half, half, 17)
+    zz, yy, xx = np.meshgrid(axis, axis, axis, indexing="ij")
+    assert np.array_equal(q, np.stack([xx, yy, zz], axis=-1))  # no local field at all
+    assert p["deformation_scale"] == 1.0 and not p["breasts"]["apply"] and not p["arms"]["apply"]
+    assert reference.params["deformation_scale"] == 1.0
+
+
+def test_draw_order_does_not_depend_on_switches(gen):
+    all_on = _variant(gen, breast_probability=1.0, arms_probability=1.0, scoliosis_probability=1.0,
+                      fov_probability=1.0, z_extent_probability=1.0, child_probability=0.0)
+    all_off = _variant(gen, breast_probability=0.0, arms_probability=0.0, scoliosis_probability=0.0,
+                       fov_probability=0.0, z_extent_probability=0.0, child_probability=0.0)
+    for seed in (1, 2, 3):
+        a, b = all_on.draw_params(seed), all_off.draw_params(seed)
+        assert a["breasts"]["apply"] and a["arms"]["apply"] and a["spine"]["scoliosis"]
+        assert not (b["breasts"]["apply"] or b["arms"]["apply"] or b["spine"]["scoliosis"])
+        for key in ("heart", "lungs", "diaphragm", "breath", "ribs", "hu"):
+            assert a[key] == b[key], key
+        assert a["affine"]["scale"] == b["affine"]["scale"]
+        assert a["arms"]["radius_mm"] == b["arms"]["radius_mm"]
+        assert abs(a["spine"]["lateral_c_mm"]) >= gen.anatomy.scoliosis_mm[0]
+        assert abs(b["spine"]["lateral_c_mm"]) <= gen.anatomy.spine_lateral_mm
+
+
+def test_lung_volume_varies_much_more_than_one_patient(gen, reference):
+    """Breathing and lung size now span ~0.75-1.3 of the source's lung volume (body size aside);
+    generator version 1 spanned 0.94-1.06 on these seeds (range 0.12), so this fails there."""
+    ref = reference.lung_mask().sum()
+    fractions, raw = [], []
+    for i in range(8):
+        c = gen.generate(case_seed(0, i))
+        v = c.lung_mask().sum() / ref
+        raw.append(v)
+        fractions.append(v / float(np.prod(c.params["affine"]["scale"])))
+    assert max(fractions) - min(fractions) > 0.2
+    assert max(raw) / min(raw) > 2.0  # with body size: small child to large adult
+
+
+def test_breathing_moves_lungs_domes_and_density_together(gen):
+    seed = 21
+    a = _variant(gen, breath=(1.0, 1.0)).generate(seed)  # deep inspiration
+    b = _variant(gen, breath=(-1.0, -1.0)).generate(seed)  # full expiration
+    assert a.params["breath"]["state"] == 1.0 and b.params["breath"]["state"] == -1.0
+    assert a.params["affine"] == b.params["affine"]  # everything else drawn the same
+    assert a.lung_mask().sum() > 1.4 * b.lung_mask().sum()
+    for side in (0, 1):  # both domes lower in inspiration
+        assert _base_mm(a, a.lung_side_masks()[side]) < _base_mm(b, b.lung_side_masks()[side]) - 20.0
+    assert np.median(_hu(a)[a.lung_mask()]) < np.median(_hu(b)[b.lung_mask()]) - 60.0  # darker lungs
+    heart_a, heart_b = (a.labels == gen.ids["heart"]).sum(), (b.labels == gen.ids["heart"]).sum()
+    assert 0.8 < heart_a / heart_b < 1.25  # the heart rides on the diaphragm, it is not inflated
+
+
+def test_heart_scale_sets_heart_size(gen, reference):
+    lo, hi = gen.anatomy.heart_scale
+    chests = []
+    for a in (lo, 0.0, hi):
+        p = gen.identity_params()
+        p["heart"]["scale"] = a
+        chests.append(gen.render(p))
+    vol = [(c.labels == gen.ids["heart"]).sum() for c in chests]
+    ctr = [_ctr(gen, c) for c in chests]
+    assert vol[0] < 0.9 * vol[1] and vol[2] > 1.4 * vol[1]
+    assert vol[1] == (reference.labels == gen.ids["heart"]).sum()
+    assert ctr[0] < ctr[1] < ctr[2] and ctr[2] >= 0.55  # cardiomegaly-like at the top of the range
+    big = chests[2]
+    assert _centroid_x(big.labels, _ids(gen, LUNG_RIGHT)) < _centroid_x(big.labels, [gen.ids["heart"]]) \
+        < _centroid_x(big.labels, _ids(gen, LUNG_LEFT))
+    _assert_lungs_inside_ribs(gen, big)
+
+
+def test_scoliosis_bends_the_spine_and_drags_the_thorax_partly(gen, reference):
+    p = gen.identity_params()
+    p["spine"]["lateral_c_mm"] = gen.anatomy.scoliosis_mm[1]
+    bent = gen.render(p)
+    spine = np.isin(reference.labels, gen.spine_ids), np.isin(bent.labels, gen.spine_ids)
+    shifts = []
+    for z in range(bent.labels.shape[0]):
+        if spine[0][z].sum() > 5 and spine[1][z].sum() > 5:
+            shifts.append(np.nonzero(spine[1][z])[1].mean() - np.nonzero(spine[0][z])[1].mean())
+    s = bent.config.grid.spacing_mm
+    peak = max(shifts) * s
+    assert peak > 15.0  # up to ~25 mm at the apex of the curve (+x: content moves to patient-left)
+    heart = (_centroid_x(bent.labels, [gen.ids["heart"]]) - _centroid_x(reference.labels, [gen.ids["heart"]])) * s
+    assert 0.2 * peak < heart < 0.9 * peak  # the mediastinum follows partly
+    _assert_lungs_inside_ribs(gen, bent)
+
+
+def test_breasts_add_soft_tissue_in_front_of_the_chest(gen, reference):
+    p = gen.identity_params()
+    p["breasts"] = dict(gen.draw_params(3)["breasts"], apply=True)
+    c = gen.render(p)
+    hu0, hu1 = _hu(reference), _hu(c)
+    body0 = hu0 > -500
+    added = (hu1 > -500) & ~body0
+    s = c.config.grid.spacing_mm
+    assert added.sum() * s**3 > 50_000  # > 50 ml
+    assert -150 < np.median(hu1[added]) < 50  # fat / glandular mix
+    zs, ys, xs = np.nonzero(added)
+    front = np.where(body0.any(axis=1), np.argmax(body0, axis=1), 0)  # [z, x] first body voxel (anterior)
+    assert np.mean(ys < front[zs, xs]) > 0.9  # in front of the chest wall
+    mid = c.config.grid.size / 2
+    assert (xs > mid).sum() > 0.25 * xs.size and (xs < mid).sum() > 0.25 * xs.size  # two of them
+    assert np.array_equal(hu1[hu0 > -200], hu0[hu0 > -200])  # the body itself untouched
+    assert np.array_equal(c.labels, reference.labels)
+    child = _variant(gen, breast_probability=1.0, child_probability=1.0).draw_params(3)
+    assert child["habitus"]["child"] and not child["breasts"]["apply"]
+
+
+def test_arms_down_add_dense_tissue_beside_the_ribs(gen):
+    p = gen.identity_params()
+    p["affine"]["scale"] = [0.7, 0.75, 0.9]  # a slim body: the arms fit into the cube
+    without = gen.render(json.loads(json.dumps(p)))
+    p["arms"] = dict(gen.draw_params(4)["arms"], apply=True, gap_mm=0.0, radius_mm=38.0, abduction_deg=0.0)
+    arms = gen.render(p)
+    hu0, hu1 = _hu(without), _hu(arms)
+    ribs = np.nonzero(np.isin(without.labels, gen.rib_ids).any(axis=(0, 1)))[0]
+    added = (hu1 > -200) & (hu0 <= -200)
+    zs, ys, xs = np.nonzero(added)
+    assert xs.size > 500
+    assert np.mean((xs > ribs[-1]) | (xs < ribs[0])) > 0.98  # lateral to the rib cage
+    bone = (hu1 > 400) & (hu0 <= -200)
+    bx = np.nonzero(bone.any(axis=(0, 1)))[0]
+    assert (bx > ribs[-1]).any() and (bx < ribs[0]).any()  # a humerus on each side
+    for side in ("left", "right"):
+        assert (arms.labels == gen.humerus_ids[side]).sum() > (without.labels == gen.humerus_ids[side]).sum()
+    assert np.array_equal(hu1[hu0 > -200], hu0[hu0 > -200])  # the torso untouched
+    up = _variant(gen, arms_probability=0.0).draw_params(4)
+    assert not up["arms"]["apply"]  # arms up (out of the field) unless drawn down
+
+
+def test_fat_and_chest_shape_change_the_habitus(gen):
+    def render(**habitus):
+        p = gen.identity_params()
+        p["affine"]["scale"] = [0.8, 0.8, 1.0]  # room in the cube for a thicker shell
+        p["habitus"].update(habitus)
+        return gen.render(p)
+
+    a = gen.anatomy
+    thin, fat = render(fat_shell=a.fat_shell[0]), render(fat_shell=a.fat_shell[1])
+    flat, barrel = render(chest_shape=a.chest_shape[0]), render(chest_shape=a.chest_shape[1])
+    z = int(np.argmax(thin.lung_mask().sum(axis=(1, 2))))  # the slice with the most lung
+
+    def extent(mask2d, axis):
+        idx = np.nonzero(mask2d.any(axis=axis))[0]
+        return idx[-1] - idx[0] + 1
+
+    def ribs(c):
+        return np.isin(c.labels[z], gen.rib_ids)
+
+    body = [(_hu(c)[z] > -500) for c in (thin, fat, flat, barrel)]
+    # fat: a thicker shell outside an unchanged rib cage
+    assert (_hu(fat) > -500).sum() > 1.1 * (_hu(thin) > -500).sum()
+    assert abs(extent(ribs(fat), 0) - extent(ribs(thin), 0)) <= 1
+    assert extent(body[1], 0) - extent(ribs(fat), 0) > extent(body[0], 0) - extent(ribs(thin), 0) + 4
+    # chest shape: the AP / LR ratio of the thorax
+    ratio = [extent(b, 1) / extent(b, 0) for b in body[2:]]  # rows (y) over columns (x)
+    assert ratio[1] > 1.15 * ratio[0]
+
+
+def test_child_cases_have_child_proportions(gen):
+    seed = 9
+    adult = _variant(gen, child_probability=0.0).generate(seed)
+    child = _variant(gen, child_probability=1.0, child_degree=(1.0, 1.0)).generate(seed)
+    assert child.params["habitus"]["child"] and not adult.params["habitus"]["child"]
+
+    def heart_per_lung(c):
+        return (c.labels == gen.ids["heart"]).sum() / c.lung_mask().sum()
+
+    def height_per_width(c):
+        m = c.lung_mask()
+        zs, xs = np.nonzero(m.any(axis=(1, 2)))[0], np.nonzero(m.any(axis=(0, 1)))[0]
+        return (zs[-1] - zs[0]) / (xs[-1] - xs[0])
+
+    assert heart_per_lung(child) > 1.1 * heart_per_lung(adult)
+    assert height_per_width(child) < 0.95 * height_per_width(adult)
 
 
 def test_cache_readable_resumable_and_batchable(gen, tmp_path):

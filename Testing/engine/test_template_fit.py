@@ -6,6 +6,7 @@ few seconds on one thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -43,7 +44,7 @@ def realistic_views(unit: np.ndarray, cfg, seed: int = 3) -> np.ndarray:
     """Model views of a cube as the pipeline would see a radiograph (Beer-Lambert, scatter, noise,
     blur, unsharp mask, gamma; collimation off so the borders stay anatomy)."""
     drr = drr_from_unit_volume(torch.from_numpy(unit), cfg.grid, cfg.geometry)
-    return simulate_radiograph(drr, RealismConfig(collimation=False), seed=seed).numpy()
+    return simulate_radiograph(drr, dataclasses.replace(RealismConfig.mild(), collimation=False), seed=seed).numpy()
 
 
 @pytest.fixture(scope="module")

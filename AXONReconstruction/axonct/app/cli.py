@@ -137,6 +137,17 @@ def _add_reconstruct_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-strength", type=float, default=d.fine_strength,
                    help="Stage II start strength 0-1: how much of Stage I's output it redraws "
                         "(default: the weights' sampling.json)")
+    p.add_argument("--framing", choices=options.FRAMINGS, default=d.framing,
+                   help="auto: scale and centre each radiograph so its lung fields sit where the training DRRs "
+                        "put them (else by its pixel spacing, else the whole image); none: the whole image, "
+                        "padded to a square (default: auto)")
+    p.add_argument("--thorax-width-mm", type=float, default=d.thorax_width_mm,
+                   help="the patient's lung-field width on the frontal view in mm: sets the output's voxel size "
+                        "when the file has no pixel spacing (default: measured from the pixel spacing, else "
+                        "assumed from the patient's age in the file, else an adult like the training CT)")
+    p.add_argument("--lung-fields", choices=["on", "off"], default="on" if d.lung_fields else "off",
+                   help="with consistency: keep air behind the input's lung fields and out of the rest of the "
+                        "body while sampling (default: on)")
 
 
 def reconstruct_options(args) -> "options.ReconstructOptions":
@@ -144,7 +155,8 @@ def reconstruct_options(args) -> "options.ReconstructOptions":
     return options.ReconstructOptions(
         device=args.device, precision=args.precision, steps=args.steps, samples=args.samples, seed=args.seed,
         consistency=args.consistency == "on", consistency_strength=args.consistency_strength, start=args.start,
-        fine_strength=args.fine_strength).validate()
+        fine_strength=args.fine_strength, framing=args.framing, thorax_width_mm=args.thorax_width_mm,
+        lung_fields=args.lung_fields == "on").validate()
 
 
 def cmd_reconstruct(args) -> int:
@@ -159,7 +171,20 @@ def cmd_evaluate(args) -> int:
     from axonct.tools.compare import evaluate_files
     from axonct.tools.evaluate import evaluate_cache
 
-    if args.pred or args.gt:
+    if args.real:
+        if args.pred or args.gt or args.data:
+            raise AxonInputError(None, "--real takes radiographs without ground truth; leave out --pred/--gt/--data")
+        if not args.out:
+            raise AxonInputError(None, "--real needs --out FOLDER for real_cases.csv, summary.json and montage.png")
+        from axonct.tools.evaluate_real import evaluate_radiographs
+
+        result = evaluate_radiographs(args.real, args.weights, args.out, steps=args.steps, seed=args.seed,
+                                      device=args.device, precision=args.precision,
+                                      consistency_strength=args.consistency_strength,
+                                      lung_fields=args.lung_fields == "on", framing=args.framing,
+                                      overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        result = {k: v for k, v in result.items() if k != "cases"}
+    elif args.pred or args.gt:
         if not (args.pred and args.gt):
             raise AxonInputError(None, "one case needs both --pred and --gt")
         # the metrics are printed before the montage is written: a failing montage cannot lose them
@@ -178,6 +203,21 @@ def cmd_evaluate(args) -> int:
                                 fine_strength=args.fine_strength, precision=args.precision,
                                 overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_gallery(args) -> int:
+    from axonct.io.output_policy import Outputs
+    from axonct.tools.evaluate_real import list_radiographs
+    from axonct.tools.gallery import save_domain_gallery
+
+    files = list_radiographs(args.real)
+    outputs = Outputs("gallery", overwrite=args.overwrite)
+    outputs.file(args.out)
+    outputs.check(8 << 20)
+    with outputs:
+        save_domain_gallery(files, outputs.path(args.out), weights=args.weights, n_training=args.training)
+    print(f"gallery of {len(files)} real and {args.training} training inputs after preprocessing: {args.out}")
     return 0
 
 
@@ -227,7 +267,8 @@ def cmd_train(args) -> int:
     if args.precision is not None:
         preset.train.precision = args.precision
     summary = train(args.stage, args.data, preset, args.out, resume=args.resume, device=args.device,
-                    prior_dir=args.prior, coarse_dir=args.coarse, progress=not args.no_progress)
+                    prior_dir=args.prior, coarse_dir=args.coarse, progress=not args.no_progress,
+                    init_from=args.init_from)
     print(json.dumps(summary))
     return 0
 
@@ -320,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--prior", help="run folder holding prior.safetensors (controlnet stage)")
     p.add_argument("--coarse", help="run folder holding coarse.safetensors (controlnet stage)")
+    p.add_argument("--init-from", help="weights or run folder whose weights of this stage start a fresh run "
+                                       "(fine-tuning; same architecture)")
     p.add_argument("--steps", type=options.train_steps, help="override the preset's number of steps (at least 1)")
     p.add_argument("--batch-size", type=options.batch_size,
                    help="override the preset's batch size (per process, at least 1)")
@@ -354,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with reprojection consistency cut after each stage; columns PSNR/SSIM in both "
                                    "conventions, MAE HU and DRR residuals on the input views and a held-out 45-degree "
                                    "view: cases.csv, summary.json, summary.md and montages.")
+    p.add_argument("--real", nargs="+", metavar="RADIOGRAPH_OR_FOLDER",
+                   help="real frontal radiographs without ground truth (files or folders): per file the framing, "
+                        "lung air (mL, share of the body, left share), lung-field Dice, box fill, ray streaks and "
+                        "reprojection agreement; writes real_cases.csv, summary.json and montage.png in --out")
+    p.add_argument("--lung-fields", choices=["on", "off"], default="on",
+                   help="with --real: lung-field guidance while sampling (default: on)")
+    p.add_argument("--framing", choices=options.FRAMINGS, default="auto", help="with --real: framing of the inputs")
     p.add_argument("--pred", help="a reconstruction (output of axon reconstruct)")
     p.add_argument("--gt", help="its ground-truth CT (any CT input format)")
     p.add_argument("--montage", help="with --pred/--gt: also save a PNG montage here")
@@ -398,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also save the result as JSON here")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("gallery", help="real radiographs next to training inputs, after the networks' preprocessing",
+                       description="One row per real radiograph (as read, framed, rank-equalised, its lung fields) "
+                                   "and per training input (a synthetic chest's DRR through the realism chain, the "
+                                   "same steps, its exact lung fields): is the domain gap closed? Needs the sample "
+                                   "CT (`axon fetch-data`).")
+    p.add_argument("--real", nargs="+", required=True, metavar="RADIOGRAPH_OR_FOLDER")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--weights", help="weights folder (default: the bundled weights)")
+    p.add_argument("--training", type=options.positive_int, default=4, help="training inputs to show (default 4)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=cmd_gallery)
 
     p = sub.add_parser("synth", help="synthetic chests (training or held-out sets) from a labelled CT",
                        description="A seeded generator deforms a chest CT with its label map (default: the "

@@ -102,6 +102,26 @@ def result_event(files: dict, reprojection_consistency=None) -> dict:
     return {"event": "result", "files": dict(files), "reprojection_consistency": reprojection_consistency}
 
 
+def report_checks_text(report: dict) -> tuple[str, list[str]]:
+    """A one-line account of a reconstruct report's input checks (framing, lung-field Dice, chest
+    measures) and its warnings, for the panel and the console. Missing parts are left out."""
+    parts = []
+    framing = report.get("framing") or {}
+    views = framing.get("views") or {}
+    if views:
+        methods = ", ".join(f"{k} by {v.get('method', '?').replace('-', ' ')}" for k, v in views.items())
+        parts.append(f"framing: {methods}; size {framing.get('size_source', '?')} "
+                     f"(x{float(framing.get('size_factor', 1.0)):.2f})")
+    lungs = (report.get("lung_fields") or {}).get("dice") or {}
+    shown = [f"{k} {v:.2f}" for k, v in lungs.items() if isinstance(v, (int, float))]
+    if shown:
+        parts.append("lung-field Dice " + ", ".join(shown))
+    anatomy = report.get("anatomy") or {}
+    if isinstance(anatomy.get("enclosed_air_fraction"), (int, float)):
+        parts.append(f"lung air {100 * anatomy['enclosed_air_fraction']:.0f} % of the body")
+    return "; ".join(parts), [str(w) for w in report.get("warnings") or []]
+
+
 def error_event(kind: str, message: str, exit_code: int | None = None) -> dict:
     if kind not in ERROR_KINDS:
         raise ValueError(f"error kind must be one of {sorted(ERROR_KINDS)}, not {kind!r}")

@@ -26,6 +26,7 @@ from axonct.pipeline.reconstruction import AxonPipeline, Reconstruction, is_out_
 from axonct.app.protocol import (EXIT_INPUT, EXIT_OK, EXIT_OOM, EXIT_SIGINT, EXIT_SIGNAL, Cancelled,
                                  ProgressLines)
 from axonct.guidance.reprojection import consistency_report
+from axonct.pipeline.quality import framing_summary, input_checks
 from axonct.io.volume_export import output_format, plan_volume, report_name, sibling, write_volume
 
 
@@ -57,10 +58,13 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
     pipeline = AxonPipeline.load(weights, device, precision=opts.precision)
     progress.message(f"precision {pipeline.precision}")
     outputs = plan_outputs(req, pipeline.preset)  # conflicts, writability, free space: before any compute
-    views, mask = pipeline.model_views(req.frontal, req.lateral)
+    views, mask, framing, fields = pipeline.framed_views(req.frontal, req.lateral, opts.framing, opts.thorax_width_mm)
+    progress.message(framing_summary(framing))
     t0 = time.time()
     emit_plan(req, pipeline, progress)
     options = _sampling_options(req, pipeline, views, mask, progress)
+    if fields is not None and opts.lung_fields and opts.consistency:
+        options["lung_fields"] = fields
     try:
         rec = pipeline.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
                                    progress=progress, fine_strength=opts.fine_strength, **options)
@@ -81,7 +85,11 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
         emit_plan(req, pipeline, progress, template_done=True)  # the run starts again, on the CPU
         rec = pipeline.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
                                    progress=progress, fine_strength=opts.fine_strength, **options)
-    return write_outputs(rec, req, weights, pipeline, time.time() - t0, outputs)
+    rec.size_factor = framing.size_factor
+    checks = input_checks(rec, framing, fields)
+    for warning in checks["warnings"]:
+        progress.message(f"warning: {warning}")
+    return write_outputs(rec, req, weights, pipeline, time.time() - t0, outputs, checks)
 
 
 def _consistency(opts: ReconstructOptions):
@@ -154,7 +162,7 @@ def plan_outputs(req: ReconstructRequest, preset) -> Outputs:
 
 
 def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
-                  seconds: float, outputs: Outputs | None = None) -> dict:
+                  seconds: float, outputs: Outputs | None = None, checks: dict | None = None) -> dict:
     """All outputs or none: staged under temporary names and renamed together; an older file at any of
     the names (replaced only with --overwrite) survives every failure of this step."""
     import SimpleITK as sitk
@@ -165,6 +173,8 @@ def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, p
     if outputs is None:
         outputs = plan_outputs(req, rec.preset)
     report = _report(rec, req, weights, pipeline, seconds, volume, files)
+    if checks is not None:
+        report.update(checks)
     with outputs:
         write_volume(volume, files["volume"], outputs=outputs)
         if "std" in files:
@@ -179,7 +189,7 @@ def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, p
 def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
     from axonct.io.ct_preprocess import unit_to_hu
 
-    grid = rec.preset.data.grid
+    grid = rec.output_grid
     return {
         "inputs": {"frontal": req.frontal, "lateral": req.lateral},
         "weights": str(weights),
@@ -195,9 +205,10 @@ def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
         "consistency": rec.consistency if req.options.consistency else "off",
         "grid": {"size": grid.size, "fov_mm": grid.fov_mm, "spacing_mm": grid.spacing_mm,
                  "origin_lps_mm": list(volume.GetOrigin()), "direction": "identity (LPS)"},
-        "reprojection_consistency": consistency_report(rec.mean, grid, rec.preset.data, rec.views, rec.view_mask),
+        "reprojection_consistency": consistency_report(rec.mean, rec.preset.data.grid, rec.preset.data, rec.views,
+                                                       rec.view_mask),
         "seconds": {**{k: round(v, 2) for k, v in rec.seconds.items()}, "total": round(seconds, 2)},
-        "mean_hu": float(unit_to_hu(rec.mean, grid).mean()),
+        "mean_hu": float(unit_to_hu(rec.mean, rec.preset.data.grid).mean()),
         "files": files,
         "note": "research use only; not for diagnosis",
     }

@@ -90,6 +90,7 @@ class ViewConsistency:
         self.history: list[dict] = []
         self.device = self.projector.device
         self.on_calibrate = None  # optional callback(stage): the calibration at the start of a stage pass
+        self.lung_fields = None  # optional `lung_fields.LungFieldGuidance`, applied after each correction
 
     def restart(self, on_calibrate=None) -> "ViewConsistency":
         """A new batch of samples: the next guided step of any stage recalibrates (and reports to
@@ -104,6 +105,9 @@ class ViewConsistency:
         device = torch.device(device)
         if device != self.device:
             self.projector = self.projector.to(device)
+            if self.lung_fields is not None:
+                self.lung_fields.projector = self.projector
+                self.lung_fields.to(device)
             if self.targets is not None:
                 self.targets, self.weights = self.targets.to(device), self.weights.to(device)
             self.device = device
@@ -212,9 +216,17 @@ class ViewConsistency:
                 self.history.append({"stage": "coarse", "step": step_index, "t": int(t),
                                      "scale": round(scale, 4),
                                      "relative_residual": [round(v, 5) for v in self.relative_residual(u, r)]})
-                return self._back(u_new, x0_hat)
+                return self._back(self._lung_fields(u_new, fade), x0_hat)
 
         return guide
+
+    def _lung_fields(self, u: torch.Tensor, weight: float) -> torch.Tensor:
+        """The lung-field constraint after the consistency step (when the input's fields are known)."""
+        if self.lung_fields is None:
+            return u
+        u = self.lung_fields.correct(u.clamp(0.0, 1.0), self.support(u), weight)
+        self.history[-1]["lung_field_violation"] = round(self.lung_fields.violation(u, self.support(u)), 5)
+        return u
 
     def support(self, u: torch.Tensor) -> torch.Tensor:
         """Where corrections may go: the estimate's non-air voxels, dilated by one voxel. Two views
@@ -245,7 +257,7 @@ class ViewConsistency:
                 u_new = u_hat + fade * s * d
                 self.history.append({"stage": "fine", "step": step_index, "t": int(t), "scale": round(fade, 4),
                                      "relative_residual": [round(v, 5) for v in self.relative_residual(u_hat, r)]})
-                return self._back(u_new, x0_hat)
+                return self._back(self._lung_fields(u_new, fade), x0_hat)
 
         return guide
 

@@ -202,6 +202,7 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         "patient_orientation": _orientation(ds),
         "distance_source_to_detector_mm": _float_or_none(ds.get("DistanceSourceToDetector")),
         "distance_source_to_patient_mm": _float_or_none(ds.get("DistanceSourceToPatient")),
+        "patient_age_years": patient_age_years(ds.get("PatientAge")),
         **view_meta,
     }
 
@@ -729,6 +730,15 @@ def _pair_or_none(v) -> tuple[float, float] | None:
     if len(vals) != 2 or any(x is None or x <= 0 for x in vals):
         return None
     return (float(vals[0]), float(vals[1]))
+
+
+def patient_age_years(value) -> float | None:
+    """DICOM PatientAge ("045Y", "006M", "010W", "003D") in years; None when absent or malformed."""
+    text = str(value or "").strip().upper()
+    units = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        return None
+    return round(int(text[:-1]) * units[text[-1]], 3)
 
 
 def _article(word: str) -> str:

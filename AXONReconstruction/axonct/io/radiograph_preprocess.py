@@ -65,6 +65,73 @@ def to_model_view(
     return _rescale(square, lo, hi)
 
 
+def frame_window(
+    radiograph_or_array,
+    center_rc: tuple[float, float],
+    image_px_per_view_px: float,
+    size: int,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> tuple[np.ndarray, float]:
+    """The square window of ``size`` view pixels, each ``image_px_per_view_px`` image pixels wide,
+    centred at ``center_rc`` (image pixels), resampled and normalised to [0, 1] float32.
+
+    Where the window leaves the image it is filled with the image's background level (its low
+    percentile, dark = no attenuation), and the normalisation range is taken from image content
+    only. Returns the view and the fraction of it that the image covers.
+    """
+    size = int(size)
+    k = float(image_px_per_view_px)
+    if size < 1 or not np.isfinite(k) or k <= 0:
+        raise ValueError(f"bad window: size {size}, {k} image pixels per view pixel")
+    pixels = getattr(radiograph_or_array, "pixels", radiograph_or_array)
+    a = np.asarray(pixels, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D [row, col] image, got shape {a.shape}")
+    h, w = a.shape
+    background = float(np.percentile(a[:: max(1, h // 512), :: max(1, w // 512)], percentiles[0]))
+    n = max(1, int(round(size * k)))
+    r0 = int(round(center_rc[0] - n / 2.0))
+    c0 = int(round(center_rc[1] - n / 2.0))
+    window = np.full((n, n), background, dtype=np.float32)
+    inside = np.zeros((n, n), dtype=np.float32)
+    rs, re = max(r0, 0), min(r0 + n, h)
+    cs, ce = max(c0, 0), min(c0 + n, w)
+    if rs < re and cs < ce:
+        window[rs - r0:re - r0, cs - c0:ce - c0] = a[rs:re, cs:ce]
+        inside[rs - r0:re - r0, cs - c0:ce - c0] = 1.0
+    view = _resize(window.astype(np.float64), (size, size))
+    covered = _resize(inside.astype(np.float64), (size, size)) > 0.5
+    if covered.sum() >= 16:
+        lo, hi = _robust_range(view[covered], percentiles)
+    else:
+        lo, hi = _robust_range(view, percentiles)
+    return _rescale(view, lo, hi), float(covered.mean())
+
+
+def equalize_views(views: torch.Tensor) -> torch.Tensor:
+    """Rank (histogram) equalisation of each [..., H, W] image to [0, 1], batched.
+
+    A pixel becomes the fraction of its image's pixels that are darker (ties share their mid-rank).
+    Any global monotone processing (window, gamma, LUT, log or linear detector signal) leaves the
+    ranks unchanged, so a processed clinical radiograph and a raw DRR of the same anatomy map to
+    the same image: the networks that read radiographs see this domain in training and at
+    inference. Local processing (unsharp masking, local equalisation) is what remains, and the
+    realism augmentation covers it.
+    """
+    lead, (h, w) = views.shape[:-2], views.shape[-2:]
+    flat = views.reshape(-1, h * w).float()
+    ordered = flat.sort(dim=1).values.contiguous()
+    below = torch.searchsorted(ordered, flat.contiguous(), right=False)
+    upto = torch.searchsorted(ordered, flat.contiguous(), right=True)
+    ranks = (below + upto).float() / (2.0 * flat.shape[1])
+    return ranks.reshape(*lead, h, w).to(views.dtype if views.is_floating_point() else torch.float32)
+
+
+def equalize_view(img: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`equalize_views` for one image."""
+    return equalize_views(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))).numpy()
+
+
 def quantile_table(img: np.ndarray, n: int = 256) -> np.ndarray:
     """``n`` evenly spaced quantiles (0..100 %) of an image: a small stand-in for a reference
     histogram, e.g. one averaged over many DRRs."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from axonct.models.brownian_bridge import BrownianBridgeScheduler, Guidance, Progress, randn_like_from
 from axonct.config import DataConfig, VolumeGrid
+from axonct.io.radiograph_preprocess import equalize_views
 from axonct.physics.geometry import ViewGeometry, view_geometry
 from axonct.presets import CoarseConfig
 
@@ -212,6 +213,8 @@ class CoarseStage(nn.Module):
     def encode(self, views: torch.Tensor, view_mask: torch.Tensor) -> torch.Tensor:
         """Views [B,2,P,P] in [0,1] + mask [B,2] -> y [B,1,N,N,N] float32 in [-1,1]."""
         self._check(views, view_mask)
+        if self.cfg.input_domain == "equalized":  # any global contrast processing of the radiograph drops out
+            views = equalize_views(views)
         b = views.shape[0]
         mask = view_mask.to(device=views.device, dtype=torch.float32)
         parts, depths = [], []

@@ -8,6 +8,7 @@ that raises stops the run at the next step.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass
@@ -67,11 +68,18 @@ class Reconstruction:
     view_mask: np.ndarray  # [2]
     seconds: dict[str, float]
     consistency: dict | None = None  # calibration per view and residuals, when consistency was on
+    size_factor: float = 1.0  # the patient's size relative to the training CT (`framing`): scales the voxels
+
+    @property
+    def output_grid(self):
+        """The final grid in the patient's millimetres: framing normalised the size away."""
+        grid = self.preset.data.grid
+        return dataclasses.replace(grid, fov_mm=grid.fov_mm * self.size_factor)
 
     def volume(self, array: np.ndarray | None = None) -> ModelVolume:
-        """The result (or another final-grid array) on the model grid, centred at the isocenter."""
+        """The result (or another final-grid array) on the output grid, centred at the isocenter."""
         return ModelVolume(np.ascontiguousarray(self.mean if array is None else array, np.float32),
-                           (0.0, 0.0, 0.0), self.preset.data.grid)
+                           (0.0, 0.0, 0.0), self.output_grid)
 
 
 class AxonPipeline:
@@ -88,6 +96,7 @@ class AxonPipeline:
         if self.device.type == "cuda":  # shapes stay fixed through the sampling loops: autotune once
             torch.backends.cudnn.benchmark = True
         self.cards = cards or {}
+        self.lung_fields = None  # a `models.lung_fields.LungFieldSegmenter`, when the weights have one
 
     @classmethod
     def load(cls, weights_dir: str | Path, device: str | torch.device = "cpu",
@@ -102,8 +111,12 @@ class AxonPipeline:
         preset = ModelPreset.from_dict(card["config"])
         stages = [load_trained_stage(s, weights_dir, preset, device) for s in ("coarse", "controlnet", "sr")]
         cards = {s: read_card(weights_dir, s) for s in ("coarse", "controlnet", "sr")}
-        return cls(preset, *stages, device=device, cards=cards, precision=precision,
-                   sampling=SamplingDefaults.load(weights_dir, preset))
+        pipeline = cls(preset, *stages, device=device, cards=cards, precision=precision,
+                       sampling=SamplingDefaults.load(weights_dir, preset))
+        from axonct.models.lung_fields import load_lung_field_segmenter
+
+        pipeline.lung_fields = load_lung_field_segmenter(weights_dir)
+        return pipeline
 
     @classmethod
     def untrained(cls, preset: ModelPreset, device: str | torch.device = "cpu",
@@ -132,6 +145,29 @@ class AxonPipeline:
             mask[i] = 1.0
         return out, mask
 
+    def framed_views(self, frontal: str | Path | Radiograph, lateral: str | Path | Radiograph | None = None,
+                     framing: str = "auto", thorax_width_mm: float | None = None):
+        """Views framed like the training DRRs (`pipeline.framing`): ([2, P, P] views, [2] mask,
+        `Framing`, [2, P, P] lung-field probabilities of the framed views or None without a
+        lung-field network)."""
+        from axonct.pipeline.framing import frame_inputs
+
+        rgs = [read_radiograph(x, view=name) if isinstance(x, (str, Path)) else x
+               for x, name in ((frontal, "frontal"), (lateral, "lateral"))]
+        for rg, name in zip(rgs, ("frontal", "lateral")):
+            if rg is not None and not isinstance(rg, Radiograph):
+                rg = Radiograph(pixels=np.asarray(rg, np.float32), view=name)
+                rgs[0 if name == "frontal" else 1] = rg
+        views, mask, frame = frame_inputs(rgs[0], rgs[1], self.preset.data, self.lung_fields, framing,
+                                          thorax_width_mm)
+        probs = None
+        if self.lung_fields is not None:
+            probs = np.zeros_like(views)
+            for i in range(2):
+                if mask[i] > 0:
+                    probs[i] = self.lung_fields.probabilities(views[i])
+        return views, mask, frame, probs
+
     # ------------------------------------------------------------------ the run
     def _autocast(self):
         return self.precision.autocast(self.device)
@@ -140,14 +176,18 @@ class AxonPipeline:
                     samples: int = 1, seed: int = 0, progress: ProgressFn | None = None,
                     stop_after: str = "sr", coarse_guidance=None, fine_guidance=None,
                     consistency=None, start=None, fine_strength: float | None = None,
-                    batch_size: int | None = None) -> Reconstruction:
+                    batch_size: int | None = None, lung_fields: np.ndarray | None = None,
+                    lung_guidance=None) -> Reconstruction:
         """``consistency``: a `consistency.ConsistencyConfig` to steer both samplers towards agreement
         with the input views (replaces the guidance arguments). ``start``: an optional [S,S,S] unit
         volume on the final grid (e.g. a template fit) that replaces Stage I's output as Stage II's
         starting point. ``steps``/``fine_strength``: default to the weights' `SamplingDefaults`.
         ``batch_size``: samples drawn together (default: all K at once on a GPU, halved on out-of-memory;
         one at a time on a CPU). Sample k's noise comes from its own generator, so batching does not
-        change results, and mean/std are accumulated as samples finish: memory does not grow with K."""
+        change results, and mean/std are accumulated as samples finish: memory does not grow with K.
+        ``lung_fields``: [2, P, P] lung-field probabilities of the views; with consistency on, sampling
+        also keeps air behind the lung fields and out of the rest (`guidance.lung_fields`), with
+        ``lung_guidance`` (a `LungGuidanceConfig`) or its defaults."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
         if stop_after not in STAGE_ORDER:
@@ -165,6 +205,14 @@ class AxonPipeline:
 
             checker = ViewConsistency(views, view_mask, self.preset.data.diffusion_grid(self.preset.sr.factor),
                                       self.preset.data.geometry, consistency)
+            if lung_fields is not None:
+                from axonct.guidance.lung_fields import LungFieldGuidance
+                from axonct.physics.sparse_projector import downsample_view_image
+
+                p = checker.observed[0].shape[-1]
+                probs = np.stack([downsample_view_image(np.asarray(lung_fields[i], np.float32), p)
+                                  for i in checker.present])
+                checker.lung_fields = LungFieldGuidance(probs, checker.projector, checker.grid, lung_guidance)
             coarse_guidance = checker.bridge_guidance(self.coarse.scheduler)
             fine_guidance = checker.cg_guidance()
         start_lo = None

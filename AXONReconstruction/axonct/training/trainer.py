@@ -147,7 +147,10 @@ def train(
     coarse_dir: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    init_from: str | Path | None = None,
 ) -> dict:
+    """Train one stage. ``init_from``: a weights or run folder whose weights of this stage start a
+    fresh run (fine-tuning, e.g. after a change of input domain); the architecture must match."""
     if stage not in STAGES:
         raise AxonInputError(None, f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     out = Path(out)
@@ -198,12 +201,21 @@ def train(
         ema.shadow = [s.to(dev) for s in state["ema"]]
         start = state["step"]
         log(f"resuming {stage} at step {start}")
+    elif init_from is not None:
+        from axonct.pipeline.checkpoint import load_into, load_stage
+
+        state, _ = load_stage(init_from, stage)
+        load_into(model, state, Path(init_from) / f"{stage}.safetensors")
+        ema = EMA(params, tc.ema_decay)  # the EMA starts at the loaded weights
+        log(f"{stage} starts from the weights in {init_from}")
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2))
 
     trained_on = {"cache": str(Path(data).resolve()), "cases": train_ids, "steps": tc.steps,
                   "world_size": info.world, "seed": tc.seed}
+    if init_from is not None and start == 0:
+        trained_on["initialised_from"] = str(init_from)
     synthetic = cache.manifest.get("synthetic")
     if isinstance(synthetic, dict) and synthetic.get("source_ct"):
         trained_on["synthetic_from"] = [synthetic["source_ct"]]

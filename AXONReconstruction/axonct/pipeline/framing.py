@@ -1,0 +1,246 @@
+"""Frame a real radiograph like the training DRRs before it reaches the networks.
+
+The networks only ever saw DRRs in one geometry, where the lung fields sit at a fixed place and
+size on the detector. A clinical radiograph shows the chest anywhere on a detector of any size,
+with neck, abdomen or arms around it, and a child's chest is smaller than an adult's. Framing finds
+the lung fields (the bundled lung-field network) and scales and centres the image so that they land
+where the training geometry puts them. The patient's physical size, which framing normalises away,
+comes back as the output grid's voxel size:
+
+* measured, when the file has a pixel spacing (PixelSpacing, or ImagerPixelSpacing corrected by the
+  magnification from the stored distances or an assumed 1.1 for a PA chest at 180 cm);
+* otherwise assumed: an adult thorax like the training CT's, scaled by a typical growth curve when
+  the file states the patient's age, or the width the user gives (``--thorax-width-mm``).
+
+When no lung fields are found, a spacing still frames the image physically (centred); without
+either, the whole image is padded to a square as before, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from axonct.config import DataConfig
+from axonct.io.radiograph import Radiograph
+from axonct.io.radiograph_preprocess import frame_window, to_model_view
+
+# Where the training geometry puts the lung fields, in pixel edges of a 128^2 detector: the box of
+# `project_lung_fields` of the sample CT's lung labels in its training pose (Testing checks these
+# against the sample CT). Frontal: width, centre column and lowest edge (domes and costophrenic
+# angles; the apices leave the training detector at the top). Lateral: centre column and lowest
+# edge (the posterior recesses reach lower than the frontal domes).
+TRAINING_FRAME_PIXELS = 128
+TRAINING_FRONTAL_WIDTH = 117.0
+TRAINING_FRONTAL_CENTER_COL = 64.5
+TRAINING_FRONTAL_BOTTOM_ROW = 117.0
+TRAINING_LATERAL_CENTER_COL = 64.0
+TRAINING_LATERAL_BOTTOM_ROW = 123.0
+
+ASSUMED_PA_MAGNIFICATION = 1.1
+"""Source 180 cm from the detector, the patient's mid-plane about 16 cm in front of it."""
+
+AGE_WIDTH_FRACTION = ((0.0, 0.45), (1.0, 0.55), (3.0, 0.62), (6.0, 0.68), (10.0, 0.78), (14.0, 0.9),
+                      (18.0, 1.0))
+"""Approximate lung-field width relative to an adult's by age in years (typical growth of the inner
+thoracic width); a stated assumption, used only when the file has no pixel spacing."""
+
+SIZE_FACTOR_RANGE = (0.4, 1.5)
+MIN_LUNG_FRACTION = 0.04  # of the overview; less is not a pair of lung fields
+
+
+@dataclass
+class ViewFrame:
+    """How one input view was framed, in image pixel edges (pixel i spans [i, i + 1)); rows run
+    down, columns towards the patient's left."""
+
+    view: str
+    method: str  # "lung-fields", "pixel-spacing" or "whole-image"
+    center_rc: tuple[float, float]
+    image_px_per_view_px: float
+    coverage: float  # fraction of the framed view the image covers
+    lung_bbox_rc: tuple[float, float, float, float] | None = None  # top, left, bottom, right (image pixel edges)
+    spacing_mm: float | None = None  # patient-plane mm per image pixel, when known
+    spacing_source: str | None = None
+
+
+@dataclass
+class Framing:
+    views: dict[str, ViewFrame] = field(default_factory=dict)
+    size_factor: float = 1.0  # output voxel size / training voxel size
+    size_source: str = "training geometry"
+    thorax_width_mm: float | None = None  # the patient's lung-field width (measured or assumed)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["views"] = {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                      for k, v in d["views"].items()}
+        d["size_factor"] = round(self.size_factor, 4)
+        return d
+
+
+def training_lung_width_mm(data: DataConfig) -> float:
+    """The training CT's frontal lung-field width at the isocentre plane."""
+    g = data.geometry
+    mm_per_px = g.detector_size_mm / TRAINING_FRAME_PIXELS / g.magnification
+    return TRAINING_FRONTAL_WIDTH * mm_per_px
+
+
+def age_width_fraction(age_years: float) -> float:
+    ages, fracs = zip(*AGE_WIDTH_FRACTION)
+    return float(np.interp(age_years, ages, fracs))
+
+
+def patient_plane_spacing(rg: Radiograph) -> tuple[float | None, str | None]:
+    """mm per image pixel at the patient's mid-plane, and where that came from."""
+    if rg.pixel_spacing_mm is None:
+        return None, None
+    sp = float(np.mean(rg.pixel_spacing_mm))
+    source = rg.meta.get("spacing_source") or "image header"
+    if source == "ImagerPixelSpacing":  # the detector plane: correct for the magnification
+        sid = rg.meta.get("distance_source_to_detector_mm")
+        sod = rg.meta.get("distance_source_to_patient_mm")
+        if sid and sod and sid > sod > 0:
+            return sp * sod / sid, f"ImagerPixelSpacing x DistanceSourceToPatient/DistanceSourceToDetector"
+        return sp / ASSUMED_PA_MAGNIFICATION, f"ImagerPixelSpacing / {ASSUMED_PA_MAGNIFICATION} (assumed magnification)"
+    return sp, source
+
+
+def lung_bbox(prob: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
+    """Edges (top, left, bottom, right) of the two largest lung-field components, or None.
+
+    Coordinates are pixel edges: pixel i spans [i, i + 1), so a box's width is right - left."""
+    from scipy import ndimage
+
+    mask = prob > threshold
+    if mask.mean() < MIN_LUNG_FRACTION:
+        return None
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
+    keep = np.argsort(sizes)[::-1][:2] + 1
+    keep = [k for k in keep if sizes[k - 1] >= 0.15 * sizes.max()]
+    rows, cols = np.nonzero(np.isin(lab, keep))
+    return float(rows.min()), float(cols.min()), float(rows.max() + 1), float(cols.max() + 1)
+
+
+def _find_lungs(pixels: np.ndarray, segmenter, size: int, hint: tuple | None):
+    """Lung-field box in image pixel edges: on the whole image padded to a square, then once more
+    on the window that first estimate frames (the network is most reliable at the training framing)."""
+    h, w = pixels.shape
+    k = max(h, w) / size
+    b = lung_bbox(segmenter.probabilities(to_model_view(pixels, size)))
+    if b is None:
+        return None
+    r_off, c_off = (size - max(1, round(h / k))) // 2, (size - max(1, round(w / k))) // 2
+    box = ((b[0] - r_off) * k, (b[1] - c_off) * k, (b[2] - r_off) * k, (b[3] - c_off) * k)
+    center, scale = _frame_from_bbox(box, hint)
+    view, _ = frame_window(pixels, center, scale, size)
+    b2 = lung_bbox(segmenter.probabilities(view))
+    if b2 is None:
+        return box
+    top, left = center[0] - size * scale / 2, center[1] - size * scale / 2
+    return (top + b2[0] * scale, left + b2[1] * scale, top + b2[2] * scale, left + b2[3] * scale)
+
+
+def _frame_from_bbox(box, hint=None) -> tuple[tuple[float, float], float]:
+    """Window centre (image edges) and image pixels per training-view pixel that put a lung box
+    where training puts it.
+
+    Frontal (``hint`` None): the width sets the scale, the centre column and the lowest lung edge
+    the position. Lateral (``hint`` = frontal lung height in training-view pixels): the lung height
+    matches the frontal's (one patient), the centre column is the training one.
+    """
+    top, left, bottom, right = box
+    half = TRAINING_FRAME_PIXELS / 2
+    if hint is None:
+        scale = (right - left) / TRAINING_FRONTAL_WIDTH
+        center_col = (left + right) / 2 + (half - TRAINING_FRONTAL_CENTER_COL) * scale
+        center_row = bottom + (half - TRAINING_FRONTAL_BOTTOM_ROW) * scale
+    else:
+        scale = (bottom - top) / (hint * TRAINING_LATERAL_BOTTOM_ROW / TRAINING_FRONTAL_BOTTOM_ROW)
+        center_col = (left + right) / 2 + (half - TRAINING_LATERAL_CENTER_COL) * scale
+        center_row = bottom + (half - TRAINING_LATERAL_BOTTOM_ROW) * scale
+    return (center_row, center_col), scale
+
+
+def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConfig, segmenter=None,
+                 mode: str = "auto", thorax_width_mm: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, Framing]:
+    """[2, P, P] framed views in [0, 1], the [2] view mask and how they were framed.
+
+    ``mode``: "auto" (lung fields, else pixel spacing, else the whole image) or "none" (the whole
+    image padded to a square, as the views were prepared before framing existed).
+    """
+    if mode not in ("auto", "none"):
+        raise ValueError(f"framing must be 'auto' or 'none', not {mode!r}")
+    size = data.geometry.detector_pixels
+    scale_to_training = size / TRAINING_FRAME_PIXELS  # constants are in 128-pixel units
+    iso_mm_per_px = data.geometry.detector_size_mm / size / data.geometry.magnification
+    views = np.zeros((2, size, size), np.float32)
+    mask = np.array([1.0, 0.0], np.float32)
+    framing = Framing()
+    frontal_height = None  # training-view pixels
+    for i, (rg, name) in enumerate(((frontal, "frontal"), (lateral, "lateral"))):
+        if rg is None:
+            continue
+        mask[i] = 1.0
+        pixels = np.asarray(rg.pixels, np.float32)
+        spacing, spacing_source = patient_plane_spacing(rg)
+        box = None
+        hint = None if name == "frontal" else frontal_height
+        if mode == "auto" and segmenter is not None and (name == "frontal" or hint is not None):
+            box = _find_lungs(pixels, segmenter, TRAINING_FRAME_PIXELS, hint)
+        if box is not None:
+            center, scale = _frame_from_bbox(box, hint)
+            scale /= scale_to_training
+            method = "lung-fields"
+        elif mode == "auto" and spacing is not None:
+            center, scale, method = (pixels.shape[0] / 2, pixels.shape[1] / 2), iso_mm_per_px / spacing, "pixel-spacing"
+        else:
+            center, scale, method = (pixels.shape[0] / 2, pixels.shape[1] / 2), max(pixels.shape) / size, "whole-image"
+        views[i], coverage = frame_window(pixels, center, scale, size)
+        framing.views[name] = ViewFrame(name, method, (float(center[0]), float(center[1])), float(scale),
+                                        coverage, None if box is None else tuple(float(x) for x in box),
+                                        spacing, spacing_source)
+        if name == "frontal" and box is not None:
+            frontal_height = (box[2] - box[0]) / (scale * scale_to_training)
+        if mode == "auto" and method != "lung-fields":
+            framing.warnings.append(f"{name}: no lung fields found; framed by "
+                                    f"{'the pixel spacing' if method == 'pixel-spacing' else 'the whole image'}")
+    _size(framing, frontal, data, thorax_width_mm, iso_mm_per_px)
+    return views, mask, framing
+
+
+def _size(framing: Framing, frontal: Radiograph, data: DataConfig, thorax_width_mm, iso_mm_per_px) -> None:
+    """The patient's size relative to the training CT: measured, given or assumed."""
+    f = framing.views["frontal"]
+    adult = training_lung_width_mm(data)
+    if f.method != "lung-fields":
+        framing.size_factor, framing.size_source = 1.0, "training geometry (not framed by the lung fields)"
+        if f.method == "pixel-spacing":
+            framing.size_source = "training geometry (framed by the pixel spacing)"
+        return
+    width_px = f.lung_bbox_rc[3] - f.lung_bbox_rc[1]
+    if thorax_width_mm is not None:
+        width, source = float(thorax_width_mm), f"given: lung fields {float(thorax_width_mm):.0f} mm wide"
+    elif f.spacing_mm is not None:
+        width, source = width_px * f.spacing_mm, f"measured from the pixel spacing ({f.spacing_source})"
+    else:
+        age = frontal.meta.get("patient_age_years")
+        if age is not None and age < 18:
+            width = adult * age_width_fraction(age)
+            source = (f"assumed from the patient's age ({age:g} years): lung fields {width:.0f} mm wide, "
+                      f"{age_width_fraction(age):.2f} x the training adult's")
+        else:
+            width, source = adult, f"assumed adult, like the training CT: lung fields {adult:.0f} mm wide"
+    factor = width / adult
+    lo, hi = SIZE_FACTOR_RANGE
+    if not lo <= factor <= hi:
+        framing.warnings.append(f"a lung-field width of {width:.0f} mm is implausible; size clamped to "
+                                f"{min(max(factor, lo), hi):.2f} x the training CT")
+        factor = min(max(factor, lo), hi)
+    framing.size_factor, framing.size_source, framing.thorax_width_mm = float(factor), source, float(width)

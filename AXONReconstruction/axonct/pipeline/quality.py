@@ -1,0 +1,44 @@
+"""What a reconstruction's report says about its inputs and its plausibility, without ground truth:
+how the radiographs were framed, whether the reconstruction's lungs lie behind the input's lung
+fields, and chest measures (`axonct.anatomy`). `axon reconstruct` and `axon evaluate --real` share it.
+"""
+
+from __future__ import annotations
+
+from axonct.pipeline.framing import Framing
+from axonct.pipeline.reconstruction import Reconstruction
+
+
+def framing_summary(framing: Framing) -> str:
+    parts = [f"{name} framed by {'its ' if v.method == 'lung-fields' else 'the '}{v.method.replace('-', ' ')}"
+             for name, v in framing.views.items()]
+    return "; ".join(parts) + f"; patient size: {framing.size_source} (voxels x{framing.size_factor:.2f})"
+
+
+def input_checks(rec: Reconstruction, framing: Framing, fields) -> dict:
+    """What the report says about the inputs and the result's plausibility: how the views were framed,
+    whether the reconstruction's lungs lie behind the input's lung fields (Dice per view), and chest
+    measures that need no ground truth (`axonct.anatomy`)."""
+    from axonct.anatomy import TYPICAL_ENCLOSED_AIR, chest_metrics
+    from axonct.io.ct_preprocess import unit_to_hu
+
+    grid = rec.preset.data.grid
+    hu = unit_to_hu(rec.mean, grid)
+    anatomy = chest_metrics(hu, rec.output_grid.spacing_mm)
+    warnings = list(framing.warnings)
+    agreement = None
+    if fields is not None:
+        from axonct.guidance.lung_fields import lung_field_agreement
+
+        agreement = lung_field_agreement(hu, rec.preset.data, fields, rec.view_mask)
+        for view in agreement["low"]:
+            warnings.append(f"the reconstruction's lungs do not lie behind the {view} radiograph's lung fields "
+                            f"(Dice {agreement['dice'][view]:.2f} < {agreement['threshold']}); check the input and "
+                            "the framing")
+    lo, hi = TYPICAL_ENCLOSED_AIR
+    if anatomy["enclosed_air_fraction"] < lo / 2:
+        warnings.append(f"the reconstruction holds little lung air ({100 * anatomy['enclosed_air_fraction']:.0f} % of "
+                        f"the body; real chest CTs: {100 * lo:.0f}-{100 * hi:.0f} %)")
+    if not anatomy["air_in_both_halves"]:
+        warnings.append("the reconstruction's lung air is not in both halves of the body")
+    return {"framing": framing.to_dict(), "lung_fields": agreement, "anatomy": anatomy, "warnings": warnings}

@@ -1,0 +1,121 @@
+"""Framing puts a radiograph's lung fields where the training geometry puts them, and turns the
+patient's size into the output's voxel size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from axonct.io.radiograph import Radiograph, patient_age_years
+from axonct.models.lung_fields import load_lung_field_segmenter, project_lung_fields
+from axonct.physics.drr import drr_from_unit_volume
+from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
+from axonct.pipeline import framing as fr
+from axonct.presets import model_preset
+
+DATA = model_preset("cpu").data
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The sample CT in its training pose: a realistic frontal DRR and its exact lung fields."""
+    from axonct.data.synthetic_anatomy import SyntheticChestGenerator
+
+    gen = SyntheticChestGenerator(DATA)
+    chest = gen.reference()
+    lungs = np.isin(chest.labels, [i for n, (i, _) in gen.structures.items() if n.startswith("lung_")])
+    with torch.no_grad():
+        drr = drr_from_unit_volume(torch.from_numpy(chest.unit), DATA.grid, DATA.geometry, DATA.views)
+    image = simulate_radiograph(drr, RealismConfig.mild(), seed=0).numpy()
+    return image, np.asarray(project_lung_fields(lungs, DATA))
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    seg = load_lung_field_segmenter(None)
+    assert seg is not None, "the bundled weights must include the lung-field network"
+    return seg
+
+
+def _place(view: np.ndarray, scale: float, top: float, left: float, shape: tuple[int, int]) -> np.ndarray:
+    """An image of ``shape`` in which the view's pixel edge (0, 0) lands at (top, left) and each view
+    pixel spans ``scale`` image pixels; dark (air) elsewhere, like a detector larger than the chest."""
+    h, w = shape
+    rows = (np.arange(h) + 0.5 - top) / scale  # view coordinates (edges) of image pixel centres
+    cols = (np.arange(w) + 0.5 - left) / scale
+    n = view.shape[-1]
+    gy = torch.from_numpy(2 * rows / n - 1).float()
+    gx = torch.from_numpy(2 * cols / n - 1).float()
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None]
+    out = F.grid_sample(torch.from_numpy(view)[None, None].float(), grid, align_corners=False, padding_mode="zeros")
+    return out[0, 0].numpy()
+
+
+def test_training_frame_constants_match_the_sample_ct(reference):
+    _, fields = reference
+    top, left, bottom, right = fr.lung_bbox(fields[0].astype(np.float32))
+    assert right - left == pytest.approx(fr.TRAINING_FRONTAL_WIDTH, abs=2)
+    assert (left + right) / 2 == pytest.approx(fr.TRAINING_FRONTAL_CENTER_COL, abs=1.5)
+    assert bottom == pytest.approx(fr.TRAINING_FRONTAL_BOTTOM_ROW, abs=2)
+    top, left, bottom, right = fr.lung_bbox(fields[1].astype(np.float32))
+    assert (left + right) / 2 == pytest.approx(fr.TRAINING_LATERAL_CENTER_COL, abs=1.5)
+    assert bottom == pytest.approx(fr.TRAINING_LATERAL_BOTTOM_ROW, abs=2)
+
+
+@pytest.mark.parametrize("scale,top,left", [(2.5, 40.0, 10.0), (1.6, -5.0, 70.0)])
+def test_framing_recovers_a_known_scale_and_shift(reference, segmenter, scale, top, left):
+    image, _ = reference
+    placed = _place(image[0], scale, top, left, (380, 420))
+    views, mask, framing, = fr.frame_inputs(Radiograph(placed, view="frontal"), None, DATA, segmenter)
+    f = framing.views["frontal"]
+    assert f.method == "lung-fields"
+    assert f.image_px_per_view_px == pytest.approx(scale, rel=0.08)
+    n = DATA.geometry.detector_pixels
+    center = (top + n / 2 * scale, left + n / 2 * scale)
+    assert abs(f.center_rc[0] - center[0]) < 4 * scale and abs(f.center_rc[1] - center[1]) < 3 * scale
+    # the framed view is the original view again (where the placed image covered it)
+    corr = np.corrcoef(views[0][8:-8, 8:-8].ravel(), image[0][8:-8, 8:-8].ravel())[0, 1]
+    assert corr > 0.9
+    assert mask.tolist() == [1.0, 0.0] and framing.size_factor == 1.0  # no spacing, no age: an adult
+
+
+def test_pixel_spacing_measures_the_patient_size(reference, segmenter):
+    image, _ = reference
+    scale = 2.0
+    placed = _place(image[0], scale, 20.0, 20.0, (300, 300))
+    iso_mm = DATA.geometry.detector_size_mm / DATA.geometry.detector_pixels / DATA.geometry.magnification
+    adult = Radiograph(placed, pixel_spacing_mm=(iso_mm / scale,) * 2, view="frontal",
+                       meta={"spacing_source": "PixelSpacing"})
+    _, _, framing = fr.frame_inputs(adult, None, DATA, segmenter)
+    assert framing.size_factor == pytest.approx(1.0, rel=0.08)
+    assert "measured" in framing.size_source
+    child = Radiograph(placed, pixel_spacing_mm=(0.6 * iso_mm / scale,) * 2, view="frontal",
+                       meta={"spacing_source": "PixelSpacing"})
+    _, _, framing = fr.frame_inputs(child, None, DATA, segmenter)
+    assert framing.size_factor == pytest.approx(0.6, rel=0.08)
+
+
+def test_age_or_a_given_width_sets_the_size_without_spacing(reference, segmenter):
+    image, _ = reference
+    placed = _place(image[0], 2.0, 20.0, 20.0, (300, 300))
+    _, _, framing = fr.frame_inputs(Radiograph(placed, view="frontal", meta={"patient_age_years": 6.0}), None,
+                                    DATA, segmenter)
+    assert framing.size_factor == pytest.approx(fr.age_width_fraction(6.0), rel=1e-6) and "age" in framing.size_source
+    _, _, framing = fr.frame_inputs(Radiograph(placed, view="frontal"), None, DATA, segmenter, thorax_width_mm=200.0)
+    assert framing.thorax_width_mm == 200.0 and framing.size_factor == pytest.approx(200 / fr.training_lung_width_mm(DATA))
+
+
+def test_no_lungs_falls_back_and_says_so(segmenter):
+    flat = np.random.default_rng(0).normal(0.5, 0.01, (200, 300)).astype(np.float32)
+    views, _, framing = fr.frame_inputs(Radiograph(flat, view="frontal"), None, DATA, segmenter)
+    assert framing.views["frontal"].method == "whole-image" and framing.warnings
+    assert framing.size_factor == 1.0 and views.shape == (2, 128, 128)
+    views2, _, framing2 = fr.frame_inputs(Radiograph(flat, view="frontal"), None, DATA, segmenter, mode="none")
+    assert framing2.views["frontal"].method == "whole-image" and not framing2.warnings
+
+
+def test_dicom_patient_age_is_read_in_years():
+    assert patient_age_years("045Y") == 45 and patient_age_years("006M") == 0.5
+    assert patient_age_years("") is None and patient_age_years("12") is None and patient_age_years("0X5Y") is None

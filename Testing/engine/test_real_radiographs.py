@@ -1,0 +1,68 @@
+"""Real-radiograph behaviour of the bundled weights: processing does not change the lungs, and the real
+CR from pydicom-data gives a chest with air in both halves.
+
+Few sampling steps keep these tests short; quality numbers live in README and `axon evaluate --real`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from axonct.guidance.consistency import ConsistencyConfig
+from axonct.io.radiograph import Radiograph
+from axonct.physics.drr import drr_from_unit_volume
+from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
+from axonct.pipeline.loading import default_weights_dir
+from axonct.pipeline.quality import input_checks
+from axonct.pipeline.reconstruction import AxonPipeline
+
+STEPS = 6
+LUNG_VOLUME_TOLERANCE = 0.25
+"""Relative difference allowed between the lung air reconstructed from a DRR and from a strongly
+processed copy of it (unsharp masking, local equalisation, a LUT, markers)."""
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return AxonPipeline.load(default_weights_dir(), "cpu", precision="fp32")
+
+
+def _run(pipeline, radiograph, seed=0):
+    views, mask, framing, fields = pipeline.framed_views(radiograph)
+    rec = pipeline.reconstruct(views, mask, steps=STEPS, seed=seed, consistency=ConsistencyConfig(),
+                               lung_fields=fields)
+    rec.size_factor = framing.size_factor
+    return input_checks(rec, framing, fields)
+
+
+def test_processing_does_not_change_the_lungs(pipeline):
+    from axonct.data.synthetic_anatomy import SyntheticChestGenerator
+
+    data = pipeline.preset.data
+    chest = SyntheticChestGenerator(data).generate(987654)  # a seed no training set uses
+    with torch.no_grad():
+        drr = drr_from_unit_volume(torch.from_numpy(chest.unit), data.grid, data.geometry, data.views)
+    plain = simulate_radiograph(drr, RealismConfig.off().only(beer_lambert=True), seed=1).numpy()[0]
+    strong = RealismConfig.clinical()
+    strong.strong_unsharp_probability = strong.local_eq_probability = strong.lut_probability = 1.0
+    strong.marker_probability = 1.0
+    processed = simulate_radiograph(drr, strong, seed=2).numpy()[0]
+    assert np.corrcoef(plain.ravel(), processed.ravel())[0, 1] < 0.98  # really processed
+    a = _run(pipeline, Radiograph(plain, view="frontal"))
+    b = _run(pipeline, Radiograph(processed, view="frontal"))
+    va, vb = a["anatomy"]["enclosed_air_ml"], b["anatomy"]["enclosed_air_ml"]
+    assert va > 0 and abs(va - vb) / va < LUNG_VOLUME_TOLERANCE, (va, vb)
+
+
+def test_the_real_cr_gives_air_in_both_halves_behind_its_lung_fields(pipeline):
+    from axonct.io.radiograph import read_radiograph
+    from axonct.io.sample_data import sample_cr_path
+
+    checks = _run(pipeline, read_radiograph(sample_cr_path(), view="frontal"))
+    assert checks["framing"]["views"]["frontal"]["method"] == "lung-fields"
+    anatomy = checks["anatomy"]
+    assert anatomy["air_in_both_halves"], anatomy
+    assert anatomy["enclosed_air_fraction"] > 0.08, anatomy
+    assert checks["lung_fields"]["dice"]["frontal"] > 0.6, checks["lung_fields"]
