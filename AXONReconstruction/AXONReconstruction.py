@@ -192,6 +192,9 @@ class AXONReconstructionParameterNode:
     consistencyStrength - how strongly (0-4; 1 = a full correction per step).
     startMode - what Stage II starts from: Stage I's output, or the training CT fitted to the views.
     fineStrength - Stage II start strength 0-1 (below 0: the weights' default).
+    framing - frame the radiographs by their lung fields (else the whole image).
+    lungFields - keep lung air behind the radiograph's lung fields while sampling.
+    thoraxWidthMm - the patient's lung-field width in mm (0: measured or assumed).
     outputVolume - volume that receives the reconstruction (none: a new volume per run).
     exportFormat, exportDirectory - where and how Export writes the reconstruction.
     """
@@ -209,6 +212,9 @@ class AXONReconstructionParameterNode:
     consistencyStrength: Annotated[float, WithinRange(0.0, 4.0)] = 1.0
     startMode: StartMode = StartMode.STAGE1
     fineStrength: Annotated[float, WithinRange(-0.05, 1.0)] = -0.05
+    framing: bool = True
+    lungFields: bool = True
+    thoraxWidthMm: Annotated[float, WithinRange(0.0, 450.0)] = 0.0
     outputVolume: vtkMRMLScalarVolumeNode
     exportFormat: ExportFormat = ExportFormat.NRRD
     exportDirectory: pathlib.Path
@@ -376,7 +382,7 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         return reconstructOptions(
             device=p.device.value, precision=p.precision.value, steps=p.steps, samples=p.samples, seed=p.seed,
             consistency=p.consistency, consistencyStrength=p.consistencyStrength, start=p.startMode.value,
-            fineStrength=p.fineStrength)
+            fineStrength=p.fineStrength, framing=p.framing, lungFields=p.lungFields, thoraxWidthMm=p.thoraxWidthMm)
 
     def startSampleCase(self, cacheDir) -> None:
         """Prepare the sample case in the background (Sample Data button); followed like a reconstruction."""

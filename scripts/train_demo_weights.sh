@@ -32,9 +32,13 @@ $AXON train controlnet --data $RUNS/synth --config $CFG --out $RUNS/controlnet -
 $AXON train sr --data $RUNS/synth --config $CFG --out $RUNS/sr --steps 1100 --no-progress --resume &
 wait
 
+# ---- the lung-field network (2D; framing, lung-field Dice and guidance): synthetic chests' DRRs
+# under the clinical realism chain with 2D jitter, labels = the projected lung labels
+.venv/bin/python -c "from axonct.training.lung_fields import main; main(['--out', '$RUNS/lung_fields', '--steps', '1400'])"
+
 DEST=AXONReconstruction/axonct/weights/cpu
 mkdir -p $DEST
-for s in coarse controlnet sr; do cp $RUNS/$s/$s.safetensors $RUNS/$s/$s.json $DEST/; done
+for s in coarse controlnet sr lung_fields; do cp $RUNS/$s/$s.safetensors $RUNS/$s/$s.json $DEST/; done
 # Sampling default tuned on a held-out synthetic tuning set (set seed 1; see the model card):
 # Stage II redraws least (start strength 0) because these CPU-trained weights add texture that is
 # not the patient's when they redraw more.

@@ -65,9 +65,11 @@ def insideSlicer() -> bool:
 
 def reconstructOptions(device: str = "auto", precision: str = "auto", steps: int | None = None, samples: int = 1,
                        seed: int = 0, consistency: bool = True, consistencyStrength: float = 1.0,
-                       start: str = "stage1", fineStrength: float | None = None) -> ReconstructOptions:
+                       start: str = "stage1", fineStrength: float | None = None, framing: bool = True,
+                       lungFields: bool = True, thoraxWidthMm: float | None = None) -> ReconstructOptions:
     """The panel's values as the engine's `ReconstructOptions` (validated: ValueError names the option).
-    The panel's "Default" values (steps 0, a negative fine strength) mean the weights' own defaults."""
+    The panel's "Default"/"Automatic" values (steps 0, a negative fine strength, a lung-field width of
+    0) mean the weights' own defaults or the engine's measurement."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
     if precision not in PRECISIONS:
@@ -76,7 +78,9 @@ def reconstructOptions(device: str = "auto", precision: str = "auto", steps: int
     fine = None if fineStrength is None or float(fineStrength) < 0 else float(fineStrength)
     return ReconstructOptions(device=device, precision=precision, steps=steps, samples=int(samples), seed=int(seed),
                               consistency=bool(consistency), consistency_strength=float(consistencyStrength),
-                              start=str(start), fine_strength=fine).validate()
+                              start=str(start), fine_strength=fine, framing="auto" if framing else "none",
+                              lung_fields=bool(lungFields),
+                              thorax_width_mm=float(thoraxWidthMm) if thoraxWidthMm else None).validate()
 
 
 def duration(seconds: float) -> str:

@@ -25,8 +25,12 @@ TYPICAL_ENCLOSED_AIR = (0.18, 0.25)
 
 
 def body_and_air(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The body outline (largest component above BODY_HU, holes filled per axial slice) and the
-    air enclosed by it."""
+    """The body (largest component above BODY_HU) and the air it encloses.
+
+    Per axial slice, a voxel is inside the body when body tissue lies on both sides of it along its
+    row or along its column. Unlike filling holes, this still counts a lung whose chest wall the
+    reconstruction left open on one side (a common failure at the field's edges), and it never
+    counts the air around a convex body."""
     from scipy import ndimage
 
     dense = hu > BODY_HU
@@ -34,11 +38,19 @@ def body_and_air(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros_like(dense), np.zeros_like(dense)
     sizes = ndimage.sum(dense, lab, index=np.arange(1, n + 1))
-    body = lab == (int(np.argmax(sizes)) + 1)
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in body])
-    air = filled & (hu < AIR_HU)
+    tissue = lab == (int(np.argmax(sizes)) + 1)
+    inside = _between(tissue, 1) | _between(tissue, 2)
+    body = tissue | inside
+    air = inside & (hu < AIR_HU)
     air = ndimage.binary_opening(air, iterations=1)  # single-voxel noise is not a lung
-    return filled, air
+    return body, air
+
+
+def _between(mask: np.ndarray, axis: int) -> np.ndarray:
+    """True where ``mask`` holds somewhere before and somewhere after along ``axis``."""
+    before = np.maximum.accumulate(mask, axis=axis)
+    after = np.flip(np.maximum.accumulate(np.flip(mask, axis), axis=axis), axis)
+    return before & after & ~mask
 
 
 def chest_metrics(hu: np.ndarray, spacing_mm: float) -> dict:

@@ -130,6 +130,16 @@ class ModelPreset:
         )
 
 
+SAMPLING_ONLY_FIELDS = frozenset({"sample_steps", "eta", "start_strength"})
+"""Stage config fields that only steer sampling (their defaults live in a weights folder's
+sampling.json); two cards that differ only in these describe the same network."""
+
+
+def network_config(cfg) -> dict:
+    """A stage config without its sampling-only fields: what must match for weights to fit."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_ONLY_FIELDS}
+
+
 def _legacy_coarse(values: dict) -> dict:
     """Cards written before `input_domain` existed trained on percentile-normalised views."""
     values = dict(values)

@@ -119,3 +119,20 @@ def test_no_lungs_falls_back_and_says_so(segmenter):
 def test_dicom_patient_age_is_read_in_years():
     assert patient_age_years("045Y") == 45 and patient_age_years("006M") == 0.5
     assert patient_age_years("") is None and patient_age_years("12") is None and patient_age_years("0X5Y") is None
+
+
+def test_old_cards_read_percentile_inputs_and_sampling_fields_do_not_block_loading():
+    from axonct.presets import ModelPreset, model_preset, network_config
+
+    d = model_preset("cpu").to_dict()
+    assert ModelPreset.from_dict(d).coarse.input_domain == "equalized"
+    del d["coarse"]["input_domain"]  # a card written before the field existed
+    assert ModelPreset.from_dict(d).coarse.input_domain == "percentile"
+    a, b = model_preset("cpu").prior, model_preset("cpu").prior
+    b.start_strength, b.sample_steps = 0.0, 7
+    assert a != b and network_config(a) == network_config(b)
+    b.channels = (8, 16, 32)
+    assert network_config(a) != network_config(b)
+    with pytest.raises(ValueError, match="input_domain"):
+        d["coarse"]["input_domain"] = "raw"
+        ModelPreset.from_dict(d)

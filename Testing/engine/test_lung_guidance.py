@@ -48,7 +48,7 @@ def test_air_moves_to_the_lung_field_rays_and_leaves_the_others():
     support = checker.support(u)
     # the radiograph shows a lung field on the side without the pocket: air must go there and leave the pocket's side
     guide = LungFieldGuidance(_fields(checker, left=True, right=False), checker.projector, LO,
-                              LungGuidanceConfig(step_hu=150.0, iterations=4))
+                              LungGuidanceConfig(step_hu=150.0, iterations=4, min_air_fraction=0.3))
     before = guide.violation(u, support)
     interior = guide.interior(support)
     frac0 = guide.air_fractions(u, interior)

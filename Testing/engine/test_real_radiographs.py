@@ -66,3 +66,44 @@ def test_the_real_cr_gives_air_in_both_halves_behind_its_lung_fields(pipeline):
     assert anatomy["air_in_both_halves"], anatomy
     assert anatomy["enclosed_air_fraction"] > 0.08, anatomy
     assert checks["lung_fields"]["dice"]["frontal"] > 0.6, checks["lung_fields"]
+
+
+def test_evaluate_real_writes_a_row_per_file_and_an_error_row_for_a_bad_one(tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from axonct.io.sample_data import sample_cr_path
+
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not an image")
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(folder / "noise.png")
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "evaluate", "--real", str(folder), str(sample_cr_path()),
+                           "--out", str(out), "--steps", "2", "--precision", "fp32"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "real_cases.csv")))
+    status = {r["file"]: r["status"] for r in rows}
+    assert status["broken.png"].startswith("error:") and "broken.png" in status["broken.png"]
+    assert status["noise.png"] == "ok" and status["RG1_UNCR.dcm"] == "ok"
+    cr = next(r for r in rows if r["file"] == "RG1_UNCR.dcm")
+    assert cr["framing"] == "lung-fields" and float(cr["lung_field_dice"]) > 0
+    noise = next(r for r in rows if r["file"] == "noise.png")
+    assert noise["framing"] == "whole-image" and "no lung fields" in noise["warnings"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"] == 3 and summary["reconstructed"] == 2 and (out / "montage.png").stat().st_size > 0
+
+
+def test_evaluate_real_refuses_a_missing_input(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "evaluate", "--real", str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "e")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "not found" in proc.stderr
+    assert not (tmp_path / "e").exists()

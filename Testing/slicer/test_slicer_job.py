@@ -43,13 +43,15 @@ def _panel_to_options(panel: dict) -> ReconstructOptions:
     return jobs.reconstructOptions(device=panel["device"], precision=panel["precision"], steps=panel["steps"],
                                    samples=panel["samples"], seed=panel["seed"], consistency=panel["consistency"],
                                    consistencyStrength=panel["consistencyStrength"], start=panel["startMode"],
-                                   fineStrength=panel["fineStrength"])
+                                   fineStrength=panel["fineStrength"], framing=panel["framing"],
+                                   lungFields=panel["lungFields"], thoraxWidthMm=panel["thoraxWidthMm"])
 
 
 PANELS = [
     {"device": "auto", "precision": "auto", "startMode": "stage1"},  # + the parameter node's defaults
     {"device": "cpu", "precision": "fp32", "steps": 25, "samples": 4, "seed": 2147483647, "consistency": False,
-     "consistencyStrength": 0.0, "startMode": "template", "fineStrength": 0.35},
+     "consistencyStrength": 0.0, "startMode": "template", "fineStrength": 0.35, "framing": False,
+     "lungFields": False, "thoraxWidthMm": 185.0},
     {"device": "cuda", "precision": "bf16", "steps": 0, "samples": 32, "seed": 7, "consistency": True,
      "consistencyStrength": 2.3, "startMode": "stage1", "fineStrength": 0.0},
 ]
@@ -63,6 +65,8 @@ def test_panel_values_reach_the_real_parser_as_the_same_options(values):
     opts = _panel_to_options(panel)
     assert opts.steps == (panel["steps"] or None)  # 0 on the panel = the weights' default
     assert opts.fine_strength == (None if panel["fineStrength"] < 0 else panel["fineStrength"])
+    assert opts.thorax_width_mm == (panel["thoraxWidthMm"] or None)  # 0 on the panel = measured or assumed
+    assert opts.framing == ("auto" if panel["framing"] else "none") and opts.lung_fields == panel["lungFields"]
     args = build_parser().parse_args(["reconstruct", "--frontal", "f.png", "--out", "o.nrrd", *opts.to_cli_args()])
     assert reconstruct_options(args) == opts
 

@@ -30,7 +30,8 @@ class LungGuidanceConfig:
     strength: float = 1.0
     air_hu: float = -400.0  # the soft air indicator's midpoint
     softness_hu: float = 150.0  # its width
-    min_air_fraction: float = 0.3  # of the body path, along rays well inside a lung field
+    min_air_fraction: float = 0.15  # of the body path, along rays well inside a lung field (behind the
+    # heart and the domes the lung is thin: ~10 mm of 250 is the least a field pixel shows)
     max_air_fraction: float = 0.03  # along rays well outside
     margin_px: int = 2  # erosion/dilation of the fields (consistency-resolution pixels): edges are unsure
     step_hu: float = 120.0  # the largest change of one voxel per guided step, at strength 1
@@ -107,25 +108,19 @@ class LungFieldGuidance:
         return u
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else round(2.0 * float((a & b).sum()) / total, 4)
-
-
 def lung_field_agreement(hu: np.ndarray, data, field_probs: np.ndarray, view_mask) -> dict:
     """Dice per present view between the input's lung fields and the reconstruction's enclosed air
     projected the way the lung labels that trained the network were. ``hu``: the volume on
     ``data.grid``; ``field_probs``: (2, P, P)."""
     from axonct.anatomy import body_and_air
     from axonct.config import VIEWS
-    from axonct.models.lung_fields import project_lung_fields
+    from axonct.models.lung_fields import dice, project_lung_fields
 
     _, air = body_and_air(np.asarray(hu, np.float32))
     projected = project_lung_fields(air, data)
     out = {}
     for i, name in enumerate(VIEWS):
         if float(view_mask[i]) > 0:
-            out[name] = dice(projected[i], np.asarray(field_probs[i]) > 0.5)
+            out[name] = round(dice(projected[i], np.asarray(field_probs[i]) > 0.5), 4)
     low = [k for k, v in out.items() if v is not None and v < LOW_DICE]
     return {"dice": out, "low": low, "threshold": LOW_DICE}

@@ -14,7 +14,7 @@ import torch
 
 from axonct.io.atomic import atomic_path, sha256_file, write_text
 from axonct.errors import AxonInputError
-from axonct.presets import ModelPreset
+from axonct.presets import ModelPreset, network_config
 
 FORMAT_VERSION = 1
 STAGES = ("coarse", "prior", "controlnet", "sr", "baseline")
@@ -175,7 +175,7 @@ def check_compatible(info: dict, expected: ModelPreset, where: Path) -> None:
     problems = []
     if trained.data.to_dict() != expected.data.to_dict():
         problems.append("grid/geometry differ")
-    if getattr(trained, section) != getattr(expected, section):
+    if network_config(getattr(trained, section)) != network_config(getattr(expected, section)):
         problems.append(f"{section} network config differs")
     if problems:
         raise AxonInputError(where, f"weights were trained for preset {trained.name!r}, not {expected.name!r} "

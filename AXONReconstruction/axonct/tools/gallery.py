@@ -51,8 +51,8 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
     """Real radiographs next to training inputs, each after the preprocessing the networks see.
 
     Row per real file: the file as read, framed like the training DRRs (`pipeline.framing`), then
-    rank-equalised (the coarse stage's and the lung-field network's input domain), and its lung
-    fields. Row per training input: a synthetic chest's DRR through the default realism chain, the
+    rank-equalised (the lung-field network's input domain, and the coarse stage's for weights whose
+    card says ``input_domain: equalized``), and its lung fields. Row per training input: a synthetic chest's DRR through the default realism chain, the
     same preprocessing and its exact lung fields. If the two kinds of rows look alike, the domain gap
     is closed as far as the eye can tell.
     """
@@ -70,7 +70,10 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
     from axonct.pipeline.checkpoint import read_card
 
     weights = Path(weights) if weights else default_weights_dir()
-    data = ModelPreset.from_dict(read_card(weights, "coarse")["config"]).data
+    preset = ModelPreset.from_dict(read_card(weights, "coarse")["config"])
+    data = preset.data
+    eq_label = "equalised (as the networks see it)" if preset.coarse.input_domain == "equalized" else \
+        "equalised (lung-field net)"
     segmenter = load_lung_field_segmenter(weights)
     rows = []
     for f in radiographs:
@@ -78,7 +81,7 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
         views, _, framing = frame_inputs(rg, None, data, segmenter)[:3]
         row = [(Path(f).name[:20], to_uint8(to_model_view(rg, views.shape[-1]))),
                (f"framed ({framing.views['frontal'].method})", to_uint8(views[0], 0.0, 1.0)),
-               ("equalised", to_uint8(equalize_view(views[0]), 0.0, 1.0))]
+               (eq_label, to_uint8(equalize_view(views[0]), 0.0, 1.0))]
         if segmenter is not None:
             row.append(("lung fields", to_uint8(segmenter.probabilities(views[0]), 0.0, 1.0)))
         rows.append(row)
@@ -90,6 +93,6 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
         fields = np.asarray(project_lung_fields(np.isin(chest.labels, lung_ids), data))[0]
         rows.append([(f"training {'CT' if k == 0 else f'synthetic {k}'}", to_uint8(image, 0.0, 1.0)),
                      ("as trained (framed)", to_uint8(image, 0.0, 1.0)),
-                     ("equalised", to_uint8(equalize_view(image), 0.0, 1.0)),
+                     (eq_label, to_uint8(equalize_view(image), 0.0, 1.0)),
                      ("exact lung fields", to_uint8(fields.astype(np.float32), 0.0, 1.0))])
     return save_montage(rows, path, tile=tile)
