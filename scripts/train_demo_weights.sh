@@ -34,7 +34,7 @@ wait
 
 # ---- the lung-field network (2D; framing, lung-field Dice and guidance): synthetic chests' DRRs
 # under the clinical realism chain with 2D jitter, labels = the projected lung labels
-.venv/bin/python -c "from axonct.training.lung_fields import main; main(['--out', '$RUNS/lung_fields', '--steps', '1400'])"
+$AXON train lung-fields --out $RUNS/lung_fields --steps 1400
 
 DEST=AXONReconstruction/axonct/weights/cpu
 mkdir -p $DEST

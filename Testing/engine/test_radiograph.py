@@ -329,3 +329,17 @@ def test_match_histogram_matches_quantiles_and_is_monotone():
     out_t = match_histogram(img, table)
     np.testing.assert_allclose(np.quantile(out_t, probs), np.quantile(reference, probs), atol=0.01)
     assert np.abs(out_t - out).mean() < 0.005  # a 256-entry table is as good as the image
+
+
+def test_itk_radiograph_spacing_is_kept_but_a_default_1mm_is_unknown(tmp_path):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((40, 50)).astype(np.float32))
+    img.SetSpacing((0.2, 0.3))
+    sitk.WriteImage(img, str(tmp_path / "measured.nrrd"))
+    rg = read_radiograph(tmp_path / "measured.nrrd")
+    assert rg.pixel_spacing_mm == pytest.approx((0.3, 0.2)) and rg.meta["spacing_source"] == "image header"
+    img.SetSpacing((1.0, 1.0))  # what a PNG carries once it is a volume (e.g. in Slicer)
+    sitk.WriteImage(img, str(tmp_path / "default.nrrd"))
+    rg = read_radiograph(tmp_path / "default.nrrd")
+    assert rg.pixel_spacing_mm is None and "default" in rg.meta["spacing_note"]

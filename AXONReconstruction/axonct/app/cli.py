@@ -254,6 +254,16 @@ def cmd_train(args) -> int:
     from axonct.presets import load_preset
     from axonct.training.trainer import train
 
+    if args.stage == "lung-fields":
+        from axonct.training.lung_fields import train_lung_fields
+
+        summary = train_lung_fields(args.out, args.steps or 1400, seed=args.seed or 0, device=args.device
+                                    if args.device != "auto" else "cpu", log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(summary, default=str))
+        return 0
+    if not args.data:
+        raise AxonInputError(None, f"training the {args.stage} stage needs --data CACHE (from `axon prepare` or `axon synth`)")
+
     try:
         preset = load_preset(args.config)
     except (FileNotFoundError, ValueError) as exc:
@@ -352,9 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "then controlnet (needs --prior and --coarse), and sr. Several GPUs or machines: "
                                    "run under torchrun. Writes RUN/<stage>.safetensors + .json (EMA weights), "
                                    "resume.pt, train_log.csv, val_log.csv and val_montages/.")
-    p.add_argument("stage", choices=["coarse", "prior", "controlnet", "sr", "baseline"],
-                   help="baseline = the X2CT-style single-pass CNN used in `axon evaluate`")
-    p.add_argument("--data", required=True, help="cache folder from `axon prepare` (same preset)")
+    p.add_argument("stage", choices=["coarse", "prior", "controlnet", "sr", "baseline", "lung-fields"],
+                   help="baseline = the X2CT-style single-pass CNN used in `axon evaluate`; lung-fields = the 2D "
+                        "lung-field network (simulated radiographs of the sample CT and synthetic chests; no --data)")
+    p.add_argument("--data", help="cache folder from `axon prepare` (same preset); every stage but lung-fields")
     p.add_argument("--config", default="tiny", help="preset tiny|cpu|paper or a JSON config file")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -8,6 +8,8 @@ file, because the Slicer panel and the CLI show that message to the user verbati
 
 from __future__ import annotations
 
+import json
+
 import math
 import re
 import warnings
@@ -549,16 +551,36 @@ def _read_itk_file(p: Path, view: str | None) -> Radiograph:
     if arr.ndim != 2:
         raise AxonInputError(p, f"has shape {tuple(arr.shape)}, not a 2-D radiograph")
     sp = [float(s) for s, n in zip(reader.GetSpacing(), size) if n > 1]
-    spacing = _scaled((sp[1], sp[0]) if len(sp) == 2 and min(sp) > 0 else None, factor)
+    default_spacing = len(sp) == 2 and all(abs(v - 1.0) < 1e-9 for v in sp)
+    # 1 x 1 mm is what formats without a spacing (and Slicer volumes made from PNG/JPEG) carry: no
+    # radiograph has 1 mm pixels, so it is read as "unknown" rather than as a measured spacing
+    spacing = _scaled((sp[1], sp[0]) if len(sp) == 2 and min(sp) > 0 and not default_spacing else None, factor)
     meta = {"format": "itk", "modality": None, "photometric": None, "bits": None, "patient_id": None,
             "laterality": None, "inverted": False, "spacing_source": "image header" if spacing else None,
-            "view_hint": None, "reoriented": []}
+            "view_hint": None, "reoriented": [],
+            "spacing_note": "1 x 1 mm in the header is a format default; treated as unknown" if default_spacing else None}
+    meta.update(_axon_drr_distances(reader))
     _note_reduction(meta, rows, cols, arr.shape)
     return Radiograph(pixels=_minmax(p, arr.astype(np.float64 if factor == 1 else np.float32)).astype(np.float32),
                       pixel_spacing_mm=spacing, view=view, view_position=None, source=str(p), meta=meta)
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def _axon_drr_distances(reader) -> dict:
+    """Source-detector and source-isocentre distances of a DRR written by `axon drr` (its header keeps
+    the view geometry), so framing knows its spacing is on the detector and by how much it magnifies."""
+    try:
+        geom = json.loads(reader.GetMetaData("axon_geometry")) if reader.HasMetaDataKey("axon_geometry") else None
+        source = np.asarray(geom["source_mm"], float)
+        detector = np.asarray(geom["detector_center_mm"], float)
+    except (ValueError, KeyError, TypeError):
+        return {}
+    sod, sid = float(np.linalg.norm(source)), float(np.linalg.norm(detector - source))
+    if not (np.isfinite(sod) and np.isfinite(sid) and sid > sod > 0):
+        return {}
+    return {"distance_source_to_patient_mm": sod, "distance_source_to_detector_mm": sid}
 
 
 def _grey_from_colour(p: Path, arr: np.ndarray, what: str) -> np.ndarray:

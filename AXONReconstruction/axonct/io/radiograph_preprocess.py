@@ -40,11 +40,7 @@ def to_model_view(
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be positive, not {size}")
-    pixels = getattr(radiograph_or_array, "pixels", radiograph_or_array)
-    a = np.asarray(pixels, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D [row, col] image, got shape {a.shape}")
-
+    a = _image(radiograph_or_array, np.float64)
     h, w = a.shape
     if crop == "center":
         s = min(h, w)
@@ -83,10 +79,7 @@ def frame_window(
     k = float(image_px_per_view_px)
     if size < 1 or not np.isfinite(k) or k <= 0:
         raise ValueError(f"bad window: size {size}, {k} image pixels per view pixel")
-    pixels = getattr(radiograph_or_array, "pixels", radiograph_or_array)
-    a = np.asarray(pixels, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D [row, col] image, got shape {a.shape}")
+    a = _image(radiograph_or_array, np.float32)
     h, w = a.shape
     background = float(np.percentile(a[:: max(1, h // 512), :: max(1, w // 512)], percentiles[0]))
     n = max(1, int(round(size * k)))
@@ -174,6 +167,13 @@ def match_histogram(img: np.ndarray, reference) -> np.ndarray:
         mid_rank = (mid_rank - lo_r) / (hi_r - lo_r)
     mapped = np.interp(mid_rank, probs, table)
     return mapped[inverse].reshape(a.shape).astype(np.float32)
+
+
+def _image(radiograph_or_array, dtype) -> np.ndarray:
+    a = np.asarray(getattr(radiograph_or_array, "pixels", radiograph_or_array), dtype=dtype)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D [row, col] image, got shape {a.shape}")
+    return a
 
 
 def _robust_range(a: np.ndarray, percentiles) -> tuple[float, float]:

@@ -7,7 +7,8 @@ the lung fields (the bundled lung-field network) and scales and centres the imag
 where the training geometry puts them. The patient's physical size, which framing normalises away,
 comes back as the output grid's voxel size:
 
-* measured, when the file has a pixel spacing (PixelSpacing, or ImagerPixelSpacing corrected by the
+* measured, when the file has a pixel spacing (PixelSpacing; or a detector spacing, ImagerPixelSpacing
+  or an image header's, corrected by the
   magnification from the stored distances or an assumed 1.1 for a PA chest at 180 cm);
 * otherwise assumed: an adult thorax like the training CT's, scaled by a typical growth curve when
   the file states the patient's age, or the width the user gives (``--thorax-width-mm``).
@@ -37,6 +38,10 @@ TRAINING_FRONTAL_CENTER_COL = 64.5
 TRAINING_FRONTAL_BOTTOM_ROW = 117.0
 TRAINING_LATERAL_CENTER_COL = 64.0
 TRAINING_LATERAL_BOTTOM_ROW = 123.0
+
+PATIENT_PLANE_SOURCES = ("PixelSpacing", "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
+"""Spacings already in the patient's plane; any other (ImagerPixelSpacing, an image header's) is the
+detector's and is divided by the magnification."""
 
 ASSUMED_PA_MAGNIFICATION = 1.1
 """Source 180 cm from the detector, the patient's mid-plane about 16 cm in front of it."""
@@ -99,12 +104,12 @@ def patient_plane_spacing(rg: Radiograph) -> tuple[float | None, str | None]:
         return None, None
     sp = float(np.mean(rg.pixel_spacing_mm))
     source = rg.meta.get("spacing_source") or "image header"
-    if source == "ImagerPixelSpacing":  # the detector plane: correct for the magnification
+    if source not in PATIENT_PLANE_SOURCES:  # the detector plane: correct for the magnification
         sid = rg.meta.get("distance_source_to_detector_mm")
         sod = rg.meta.get("distance_source_to_patient_mm")
         if sid and sod and sid > sod > 0:
-            return sp * sod / sid, f"ImagerPixelSpacing x DistanceSourceToPatient/DistanceSourceToDetector"
-        return sp / ASSUMED_PA_MAGNIFICATION, f"ImagerPixelSpacing / {ASSUMED_PA_MAGNIFICATION} (assumed magnification)"
+            return sp * sod / sid, f"{source} x source-patient / source-detector distance"
+        return sp / ASSUMED_PA_MAGNIFICATION, f"{source} / {ASSUMED_PA_MAGNIFICATION} (assumed magnification)"
     return sp, source
 
 

@@ -152,14 +152,8 @@ class AxonPipeline:
         lung-field network)."""
         from axonct.pipeline.framing import frame_inputs
 
-        rgs = [read_radiograph(x, view=name) if isinstance(x, (str, Path)) else x
-               for x, name in ((frontal, "frontal"), (lateral, "lateral"))]
-        for rg, name in zip(rgs, ("frontal", "lateral")):
-            if rg is not None and not isinstance(rg, Radiograph):
-                rg = Radiograph(pixels=np.asarray(rg, np.float32), view=name)
-                rgs[0 if name == "frontal" else 1] = rg
-        views, mask, frame = frame_inputs(rgs[0], rgs[1], self.preset.data, self.lung_fields, framing,
-                                          thorax_width_mm)
+        views, mask, frame = frame_inputs(_as_radiograph(frontal, "frontal"), _as_radiograph(lateral, "lateral"),
+                                          self.preset.data, self.lung_fields, framing, thorax_width_mm)
         probs = None
         if self.lung_fields is not None:
             probs = np.zeros_like(views)
@@ -355,6 +349,14 @@ class RunningMoments:
 
     def std(self) -> torch.Tensor:
         return (self._m2 / max(self.count - 1, 1)).sqrt().float()
+
+
+def _as_radiograph(item, view: str) -> Radiograph | None:
+    if item is None or isinstance(item, Radiograph):
+        return item
+    if isinstance(item, (str, Path)):
+        return read_radiograph(item, view=view)
+    return Radiograph(pixels=np.asarray(item, np.float32), view=view)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -22,12 +22,11 @@ Loss Dice + BCE, AdamW with warm-up and cosine decay, a fixed seed; validation o
 disjoint seed set, clean and under the clinical chain with jitter. The result is written as
 ``lung_fields.safetensors`` + ``lung_fields.json`` (atomically) into ``out_dir``.
 
-The command is wired elsewhere (``axon train lung-fields``) through :func:`main`.
+`axon train lung-fields --out DIR` runs :func:`train_lung_fields`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -478,19 +477,3 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
         write_text(card, json.dumps(info, indent=2))
     log(f"lung-field weights written to {weights} ({train_seconds:.0f} s in all)")
     return info
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``axon train lung-fields``-style entry: --out, --steps, --seed, --pool."""
-    p = argparse.ArgumentParser(prog="axon train lung-fields",
-                                description="Train the 2D lung-field segmenter on simulated radiographs.")
-    p.add_argument("--out", required=True, help="folder for lung_fields.safetensors/.json (and the pool cache)")
-    p.add_argument("--steps", type=int, default=1400)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", type=int, default=80, help="synthetic training chests (plus the sample CT)")
-    p.add_argument("--val-cases", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    train_lung_fields(args.out, args.steps, seed=args.seed, pool=args.pool, device=args.device,
-                      val_cases=args.val_cases)
-    return 0
