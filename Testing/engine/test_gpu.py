@@ -38,12 +38,19 @@ def test_guided_step_stays_on_the_gpu(views):
     data = data_preset("cpu")
     grid = data.diffusion_grid(2)
     checker = ViewConsistency(*views, grid, data.geometry, ConsistencyConfig())
+    from axonct.guidance.lung_fields import LungFieldGuidance
+
+    p = checker.observed[0].shape[-1]
+    fields = np.zeros((2, p, p), np.float32)
+    fields[:, p // 4: 3 * p // 4, p // 8: 7 * p // 8] = 1.0
+    checker.lung_fields = LungFieldGuidance(fields, checker.projector, grid)  # the lung-field step too
     x0 = (torch.rand(2, 1, grid.size, grid.size, grid.size, device="cuda") * 2 - 1)
     for guide in (checker.bridge_guidance(_bridge_scheduler()), checker.cg_guidance()):
         out = guide(x0, 0, 10, 500)
         assert out.device == x0.device and out.shape == x0.shape and out.dtype == x0.dtype
         assert torch.isfinite(out).all()
     assert checker.projector.device.type == "cuda" and checker.targets.device.type == "cuda"
+    assert checker.lung_fields.inside.device.type == "cuda" and "lung_field_violation" in checker.history[-1]
 
 
 def _bridge_scheduler():
