@@ -122,5 +122,5 @@ def lung_field_agreement(hu: np.ndarray, data, field_probs: np.ndarray, view_mas
     for i, name in enumerate(VIEWS):
         if float(view_mask[i]) > 0:
             out[name] = round(dice(projected[i], np.asarray(field_probs[i]) > 0.5), 4)
-    low = [k for k, v in out.items() if v is not None and v < LOW_DICE]
+    low = [k for k, v in out.items() if v < LOW_DICE]
     return {"dice": out, "low": low, "threshold": LOW_DICE}

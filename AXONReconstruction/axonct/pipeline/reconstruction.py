@@ -24,7 +24,6 @@ from axonct.io.ct_preprocess import ModelVolume
 from axonct.errors import AxonInputError
 from axonct.presets import ModelPreset
 from axonct.io.radiograph import Radiograph, read_radiograph
-from axonct.io.radiograph_preprocess import to_model_view
 from axonct.runtime import Precision, resolve_precision
 
 STAGE_ORDER = ("coarse", "fine", "sr")
@@ -130,21 +129,6 @@ class AxonPipeline:
         return cls(preset, *[m.to(device).eval() for m in stages], device=device, precision=precision)
 
     # ------------------------------------------------------------------ inputs
-    def model_views(self, frontal: str | Path | Radiograph | np.ndarray,
-                    lateral: str | Path | Radiograph | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """[2, P, P] views in [0, 1] and the [2] view mask from files, Radiographs or arrays."""
-        size = self.preset.data.geometry.detector_pixels
-        out = np.zeros((2, size, size), np.float32)
-        mask = np.array([1.0, 0.0], np.float32)
-        for i, (item, name) in enumerate(((frontal, "frontal"), (lateral, "lateral"))):
-            if item is None:
-                continue
-            if isinstance(item, (str, Path)):
-                item = read_radiograph(item, view=name)
-            out[i] = to_model_view(item, size)
-            mask[i] = 1.0
-        return out, mask
-
     def framed_views(self, frontal: str | Path | Radiograph, lateral: str | Path | Radiograph | None = None,
                      framing: str = "auto", thorax_width_mm: float | None = None):
         """Views framed like the training DRRs (`pipeline.framing`): ([2, P, P] views, [2] mask,
