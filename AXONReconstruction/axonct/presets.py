@@ -15,6 +15,9 @@ from pathlib import Path
 from .config import DataConfig, data_preset
 
 
+INPUT_DOMAINS = ("matched", "equalized", "percentile")
+
+
 @dataclass
 class CoarseConfig:
     """Stage I: view encoders, geometric lifting, fusion, and the Brownian-bridge 3D UNet."""
@@ -33,11 +36,24 @@ class CoarseConfig:
     eta: float = 1.0
     y_loss_weight: float = 1.0  # L1 of the lifted start volume y against the CT
     view_dropout: float = 0.3  # probability of training a sample with the frontal view only
-    input_domain: str = "equalized"  # the encoders' input: rank-equalised views, or "percentile" (older weights)
+    # The encoders' input domain. "matched": each view's grey values are mapped onto the training
+    # views' distribution (`input_tables`, quantiles per view, measured by the trainer), so global
+    # processing of a clinical radiograph drops out while the training contrast is kept;
+    # "equalized": rank-equalised to [0, 1]; "percentile": as normalised (cards older than this field).
+    input_domain: str = "matched"
+    input_tables: tuple[tuple[float, ...], ...] = ()  # [frontal, lateral] quantiles, empty until measured
 
     def __post_init__(self):
-        if self.input_domain not in ("equalized", "percentile"):
-            raise ValueError(f"coarse.input_domain must be 'equalized' or 'percentile', not {self.input_domain!r}")
+        if self.input_domain not in INPUT_DOMAINS:
+            raise ValueError(f"coarse.input_domain must be one of {INPUT_DOMAINS}, not {self.input_domain!r}")
+        self.input_tables = tuple(tuple(float(v) for v in t) for t in self.input_tables)
+        if self.input_tables:
+            from axonct.io.radiograph_preprocess import check_quantile_table
+
+            if len(self.input_tables) != 2:
+                raise ValueError("coarse.input_tables needs a frontal and a lateral quantile table")
+            for name, t in zip(("frontal", "lateral"), self.input_tables):
+                check_quantile_table(t, f"coarse.input_tables ({name})")
 
 
 @dataclass
@@ -135,9 +151,16 @@ SAMPLING_ONLY_FIELDS = frozenset({"sample_steps", "eta", "start_strength"})
 sampling.json); two cards that differ only in these describe the same network."""
 
 
+CARD_CARRIED_FIELDS = frozenset({"input_domain", "input_tables"})
+"""Stage config fields that belong to the trained weights: loading takes them from the weights'
+card whatever preset asked for the stage (`pipeline.loading.load_trained_stage`)."""
+
+
 def network_config(cfg) -> dict:
-    """A stage config without its sampling-only fields: what must match for weights to fit."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_ONLY_FIELDS}
+    """A stage config without its sampling-only and card-carried fields: what must match for
+    weights to fit."""
+    skip = SAMPLING_ONLY_FIELDS | CARD_CARRIED_FIELDS
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 
 
 def _legacy_coarse(values: dict) -> dict:

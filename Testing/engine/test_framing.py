@@ -121,13 +121,10 @@ def test_dicom_patient_age_is_read_in_years():
     assert patient_age_years("") is None and patient_age_years("12") is None and patient_age_years("0X5Y") is None
 
 
-def test_old_cards_read_percentile_inputs_and_sampling_fields_do_not_block_loading():
+def test_sampling_fields_do_not_block_loading():
     from axonct.presets import ModelPreset, model_preset, network_config
 
     d = model_preset("cpu").to_dict()
-    assert ModelPreset.from_dict(d).coarse.input_domain == "equalized"
-    del d["coarse"]["input_domain"]  # a card written before the field existed
-    assert ModelPreset.from_dict(d).coarse.input_domain == "percentile"
     a, b = model_preset("cpu").prior, model_preset("cpu").prior
     b.start_strength, b.sample_steps = 0.0, 7
     assert a != b and network_config(a) == network_config(b)

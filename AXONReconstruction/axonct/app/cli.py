@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("gallery", help="real radiographs next to training inputs, after the networks' preprocessing",
-                       description="One row per real radiograph (as read, framed, rank-equalised, its lung fields) "
+                       description="One row per real radiograph (as read, framed, as Stage I reads it, rank-equalised, its lung fields) "
                                    "and per training input (a synthetic chest's DRR through the realism chain, the "
                                    "same steps, its exact lung fields): is the domain gap closed? Needs the sample "
                                    "CT (`axon fetch-data`).")

@@ -1,7 +1,8 @@
 """Bring a radiograph (or a DRR) to the square, normalised image the models see.
 
 Real radiographs and DRRs go through the same :func:`normalize_view`, so the only remaining gap
-between them is appearance, which :func:`match_histogram` can narrow.
+between them is appearance: :func:`match_views` maps both onto the training views' grey-value
+distribution (Stage I's "matched" input domain), which removes any global processing.
 """
 
 from __future__ import annotations
@@ -137,6 +138,37 @@ def quantile_table(img: np.ndarray, n: int = 256) -> np.ndarray:
     return np.quantile(a, np.linspace(0.0, 1.0, n)).astype(np.float32)
 
 
+def check_quantile_table(table, what: str = "a quantile table") -> None:
+    t = np.asarray(table, dtype=np.float64)
+    if t.ndim != 1 or t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+        raise ValueError(f"{what} must be 1-D, finite, non-decreasing, with >= 2 entries")
+
+
+def match_views(views: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Batched histogram matching: each [..., V, H, W] view's grey values onto its view's quantile
+    table ([V, K], e.g. the training views' mean quantiles).
+
+    The map is the rank (:func:`equalize_views`) followed by the table, so it is monotone and any
+    global processing of the input (window, gamma, LUT, equalisation) drops out, and matching an
+    already matched view changes nothing. Unlike plain equalisation the result keeps the training
+    views' contrast, so networks trained on those views read it unchanged.
+    """
+    if tables.dim() != 2 or tables.shape[0] != views.shape[-3]:
+        raise ValueError(f"tables must be [{views.shape[-3]}, K], got {tuple(tables.shape)}")
+    ranks = equalize_views(views).float()
+    t = tables.to(device=views.device, dtype=torch.float32)
+    k = t.shape[1]
+    pos = ranks * (k - 1)
+    lo = pos.floor().long().clamp(0, k - 2)
+    w = pos - lo.float()
+    shape = (1,) * (views.dim() - 3) + (t.shape[0], 1, 1, k)
+    table = t.view(shape).expand(*views.shape, k)
+    below = table.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
+    above = table.gather(-1, (lo + 1).unsqueeze(-1)).squeeze(-1)
+    out = below + (above - below) * w
+    return out.to(views.dtype if views.is_floating_point() else torch.float32)
+
+
 def match_histogram(img: np.ndarray, reference) -> np.ndarray:
     """Monotone CDF mapping of ``img`` onto ``reference``'s grey-value distribution.
 
@@ -146,8 +178,7 @@ def match_histogram(img: np.ndarray, reference) -> np.ndarray:
     """
     ref = np.asarray(reference, dtype=np.float64)
     if ref.ndim == 1:
-        if ref.size < 2 or np.any(np.diff(ref) < 0) or not np.all(np.isfinite(ref)):
-            raise ValueError("a quantile table must be 1-D, finite, non-decreasing, with >= 2 entries")
+        check_quantile_table(ref)
         table = ref
     else:
         table = quantile_table(ref, 1024).astype(np.float64)

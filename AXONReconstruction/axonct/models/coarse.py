@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from axonct.models.brownian_bridge import BrownianBridgeScheduler, Guidance, Progress, randn_like_from
 from axonct.config import DataConfig, VolumeGrid
-from axonct.io.radiograph_preprocess import equalize_views
+from axonct.io.radiograph_preprocess import equalize_views, match_views
 from axonct.physics.geometry import ViewGeometry, view_geometry
 from axonct.presets import CoarseConfig
 
@@ -174,6 +174,22 @@ def _unet_head_channels(channels: tuple[int, ...]) -> list[int]:
     return [min(32, c) if c % min(32, c) == 0 else c for c in channels]
 
 
+def coarse_input_views(cfg: CoarseConfig, views: torch.Tensor) -> torch.Tensor:
+    """Views [..., 2, P, P] brought into Stage I's input domain (`CoarseConfig.input_domain`).
+
+    "matched" maps each view onto the training views' grey-value distribution (rank-equalised
+    while the trainer has not measured one yet); applying it twice changes nothing, so callers
+    may pass already matched views.
+    """
+    if cfg.input_domain == "matched":
+        if not cfg.input_tables:
+            return equalize_views(views)
+        return match_views(views, torch.tensor(cfg.input_tables, dtype=torch.float32))
+    if cfg.input_domain == "equalized":
+        return equalize_views(views)
+    return views
+
+
 class CoarseStage(nn.Module):
     """Stage I model: view encoders + lifting + fusion (-> y) and the BBDM 3D UNet (y -> x0)."""
 
@@ -210,11 +226,13 @@ class CoarseStage(nn.Module):
         if tuple(view_mask.shape) != (views.shape[0], len(VIEW_ORDER)):
             raise ValueError(f"view_mask must be [B, 2], got {tuple(view_mask.shape)}")
 
+    def input_views(self, views: torch.Tensor) -> torch.Tensor:
+        return coarse_input_views(self.cfg, views)
+
     def encode(self, views: torch.Tensor, view_mask: torch.Tensor) -> torch.Tensor:
         """Views [B,2,P,P] in [0,1] + mask [B,2] -> y [B,1,N,N,N] float32 in [-1,1]."""
         self._check(views, view_mask)
-        if self.cfg.input_domain == "equalized":  # any global contrast processing of the radiograph drops out
-            views = equalize_views(views)
+        views = self.input_views(views)  # any global contrast processing of the radiograph drops out
         b = views.shape[0]
         mask = view_mask.to(device=views.device, dtype=torch.float32)
         parts, depths = [], []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch.nn as nn
 
 from axonct.errors import AxonInputError
 from axonct.pipeline.checkpoint import STAGES, load_into, load_stage
-from axonct.presets import ModelPreset
+from axonct.presets import CARD_CARRIED_FIELDS, ModelPreset
 
 SAMPLING_FILE = "sampling.json"
 
@@ -94,8 +95,13 @@ def build_stage(stage: str, preset: ModelPreset, prior_dir: str | None = None) -
 
 def load_trained_stage(stage: str, weights_dir: str | Path, preset: ModelPreset,
                        device: str | torch.device = "cpu") -> nn.Module:
-    """A stage network with its published (EMA) weights, checked against the preset."""
+    """A stage network with its published (EMA) weights, checked against the preset; fields the
+    weights carry (Stage I's input domain) come from their card."""
+    state, info = load_stage(weights_dir, stage, expected=preset)
+    if stage == "coarse":
+        trained = ModelPreset.from_dict(info["config"]).coarse
+        preset = dataclasses.replace(preset, coarse=dataclasses.replace(
+            preset.coarse, **{k: getattr(trained, k) for k in CARD_CARRIED_FIELDS}))
     model = build_stage(stage, preset)
-    state, _ = load_stage(weights_dir, stage, expected=preset)
     load_into(model, state, Path(weights_dir) / f"{stage}.safetensors")
     return model.to(device).eval()

@@ -41,4 +41,13 @@ def input_checks(rec: Reconstruction, framing: Framing, fields) -> dict:
                         f"the body; real chest CTs: {100 * lo:.0f}-{100 * hi:.0f} %)")
     if not anatomy["air_in_both_halves"]:
         warnings.append("the reconstruction's lung air is not in both halves of the body")
-    return {"framing": framing.to_dict(), "lung_fields": agreement, "anatomy": anatomy, "warnings": warnings}
+    return {"framing": framing.to_dict(), "input_domain": INPUT_DOMAIN_TEXT[rec.preset.coarse.input_domain],
+            "lung_fields": agreement, "anatomy": anatomy, "warnings": warnings}
+
+
+INPUT_DOMAIN_TEXT = {
+    "matched": "matched: each view's grey values mapped onto the training views' distribution (global processing drops out)",
+    "equalized": "equalized: each view rank-equalised (global processing drops out)",
+    "percentile": "percentile: views as normalised (0.5-99.5 % percentiles), as the weights were trained",
+}
+"""How Stage I read the views (`CoarseConfig.input_domain`), for the report."""

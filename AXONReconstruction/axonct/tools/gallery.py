@@ -50,11 +50,12 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
                         n_training: int = 4, seed: int = 0, tile: int = 160) -> Path:
     """Real radiographs next to training inputs, each after the preprocessing the networks see.
 
-    Row per real file: the file as read, framed like the training DRRs (`pipeline.framing`), then
-    rank-equalised (the lung-field network's input domain, and the coarse stage's for weights whose
-    card says ``input_domain: equalized``), and its lung fields. Row per training input: a synthetic chest's DRR through the default realism chain, the
-    same preprocessing and its exact lung fields. If the two kinds of rows look alike, the domain gap
-    is closed as far as the eye can tell.
+    Row per real file: the file as read, framed like the training DRRs (`pipeline.framing`), as
+    Stage I reads it (its card's input domain: matched to the training views' grey values for the
+    shipped weights), rank-equalised (the lung-field network's input) and its lung fields. Row per
+    training input: a synthetic chest's DRR through the default realism chain, the same
+    preprocessing and its exact lung fields. If the two kinds of rows look alike, the domain gap is
+    closed as far as the eye can tell.
     """
     import numpy as np
     import torch
@@ -62,6 +63,7 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
     from axonct.data.synthetic_anatomy import SyntheticChestGenerator
     from axonct.io.radiograph import read_radiograph
     from axonct.io.radiograph_preprocess import equalize_view, to_model_view
+    from axonct.models.coarse import coarse_input_views
     from axonct.models.lung_fields import load_lung_field_segmenter, project_lung_fields
     from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
     from axonct.pipeline.framing import frame_inputs
@@ -72,8 +74,11 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
     weights = Path(weights) if weights else default_weights_dir()
     preset = ModelPreset.from_dict(read_card(weights, "coarse")["config"])
     data = preset.data
-    eq_label = "equalised (as the networks see it)" if preset.coarse.input_domain == "equalized" else \
-        "equalised (lung-field net)"
+    stage1_label = f"Stage I input ({preset.coarse.input_domain})"
+    eq_label = "equalised (lung-field net)"
+
+    def stage1(image):
+        return coarse_input_views(preset.coarse, torch.from_numpy(np.stack([image, image])))[0].numpy()
     segmenter = load_lung_field_segmenter(weights)
     rows = []
     for f in radiographs:
@@ -81,6 +86,7 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
         views, _, framing = frame_inputs(rg, None, data, segmenter)[:3]
         row = [(Path(f).name[:20], to_uint8(to_model_view(rg, views.shape[-1]))),
                (f"framed ({framing.views['frontal'].method})", to_uint8(views[0], 0.0, 1.0)),
+               (stage1_label, to_uint8(stage1(views[0]), 0.0, 1.0)),
                (eq_label, to_uint8(equalize_view(views[0]), 0.0, 1.0))]
         if segmenter is not None:
             row.append(("lung fields", to_uint8(segmenter.probabilities(views[0]), 0.0, 1.0)))
@@ -93,6 +99,7 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
         fields = np.asarray(project_lung_fields(np.isin(chest.labels, lung_ids), data))[0]
         rows.append([(f"training {'CT' if k == 0 else f'synthetic {k}'}", to_uint8(image, 0.0, 1.0)),
                      ("as trained (framed)", to_uint8(image, 0.0, 1.0)),
+                     (stage1_label, to_uint8(stage1(image), 0.0, 1.0)),
                      (eq_label, to_uint8(equalize_view(image), 0.0, 1.0)),
                      ("exact lung fields", to_uint8(fields.astype(np.float32), 0.0, 1.0))])
     return save_montage(rows, path, tile=tile)

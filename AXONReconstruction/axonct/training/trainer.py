@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -173,6 +174,9 @@ def train(
     maker = BatchMaker(cache, train_ids, preset.sr.factor, aug)
     val_maker = BatchMaker(cache, val_ids[: tc.val_cases], preset.sr.factor, Augmentation.none())
 
+    if stage == "coarse":
+        preset = with_input_tables(preset, maker, log)
+
     if stage == "controlnet" and (prior_dir is None or coarse_dir is None):
         raise AxonInputError(None, "controlnet training needs the trained prior and coarse stages: "
                                    "--prior RUN_DIR --coarse RUN_DIR")
@@ -287,6 +291,28 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+INPUT_TABLE_SAMPLES = 48
+INPUT_TABLE_QUANTILES = 256
+
+
+def with_input_tables(preset: ModelPreset, maker: BatchMaker, log: Callable[[str], None] = print) -> ModelPreset:
+    """The preset with Stage I's "matched" input domain measured: mean quantiles of each view over
+    training inputs (augmentation and realism as in training, a fixed seed, so a resumed or
+    distributed run measures the same tables). Inference maps every radiograph onto them."""
+    cfg = preset.coarse
+    if cfg.input_domain != "matched" or cfg.input_tables:
+        return preset
+    probs = torch.linspace(0.0, 1.0, INPUT_TABLE_QUANTILES)
+    total = torch.zeros(2, INPUT_TABLE_QUANTILES)
+    for i in range(INPUT_TABLE_SAMPLES):
+        views = maker.batch(i, 1, seed=preset.train.seed + 104729)["views"][0].float()
+        total += torch.quantile(views.reshape(2, -1), probs, dim=1).T
+    tables = total / INPUT_TABLE_SAMPLES
+    log(f"Stage I input domain: grey-value quantiles of {INPUT_TABLE_SAMPLES} training views measured")
+    return dataclasses.replace(preset, coarse=dataclasses.replace(cfg, input_tables=tuple(
+        tuple(round(float(v), 6) for v in t) for t in tables)))
 
 
 def _previous_record(out: Path, stage: str) -> dict:
