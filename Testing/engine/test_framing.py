@@ -116,6 +116,27 @@ def test_no_lungs_falls_back_and_says_so(segmenter):
     assert framing2.views["frontal"].method == "whole-image" and not framing2.warnings
 
 
+def test_a_negative_radiograph_is_flagged_and_a_right_way_round_one_is_not(reference, segmenter):
+    from axonct.data.synthetic_anatomy import SyntheticChestGenerator
+    from axonct.io.radiograph import read_radiograph
+    from axonct.io.sample_data import sample_cr_path
+
+    cr = read_radiograph(sample_cr_path(), view="frontal").pixels.astype(np.float32)
+    negative = cr.max() - cr
+    gen = SyntheticChestGenerator(DATA)
+    chests = [reference[0][0]] + [
+        simulate_radiograph(torch.from_numpy(gen.generate(seed).render_drr()), RealismConfig.clinical(),
+                            seed=seed).numpy()[0] for seed in (1004, 1007)]  # seeds whose negatives are clear
+    assert not fr.looks_inverted(cr, segmenter) and fr.looks_inverted(negative, segmenter)
+    for image in chests:
+        assert not fr.looks_inverted(image, segmenter)
+    assert all(fr.looks_inverted(1.0 - image, segmenter) for image in chests[1:])
+    _, _, framing = fr.frame_inputs(Radiograph(negative, view="frontal"), None, DATA, segmenter)
+    assert any("looks inverted" in w for w in framing.warnings)
+    _, _, framing = fr.frame_inputs(Radiograph(cr, view="frontal"), None, DATA, segmenter)
+    assert not any("inverted" in w for w in framing.warnings)
+
+
 def test_dicom_patient_age_is_read_in_years():
     assert patient_age_years("045Y") == 45 and patient_age_years("006M") == 0.5
     assert patient_age_years("") is None and patient_age_years("12") is None and patient_age_years("0X5Y") is None

@@ -151,6 +151,31 @@ def _find_lungs(pixels: np.ndarray, segmenter, size: int, hint: tuple | None):
     return (top + b2[0] * scale, left + b2[1] * scale, top + b2[2] * scale, left + b2[3] * scale)
 
 
+INVERTED_MARGIN = (1.5, 0.1)
+"""A frontal view looks inverted when its grey-value negative shows clearly more lung on both
+sides (ratio, difference of the smaller side's lung-field share) than the image as given."""
+
+
+def looks_inverted(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIXELS) -> bool:
+    """Whether a frontal radiograph looks like a negative (lungs bright, bones dark), e.g. a
+    MONOCHROME1 image exported without its inversion.
+
+    The lung-field network reads the image and its negative; both lungs show up clearly on a
+    chest radiograph the right way round and hardly on its negative. The check only warns: it
+    never fired on the real CR (nor on 3 exports of it) and 9 simulated clinical radiographs, and
+    it caught 7 of their 10 negatives, missing those whose negative still looks like two lungs."""
+    view = to_model_view(pixels, size)
+
+    def both_sides(img):
+        m = segmenter.probabilities(img) > 0.5
+        half = m.shape[1] // 2
+        return float(min(m[:, :half].mean(), m[:, half:].mean()))
+
+    given, negative = both_sides(view), both_sides(1.0 - view)
+    ratio, diff = INVERTED_MARGIN
+    return negative > ratio * given and negative - given > diff
+
+
 def _frame_from_bbox(box, hint=None) -> tuple[tuple[float, float], float]:
     """Window centre (image edges) and image pixels per training-view pixel that put a lung box
     where training puts it.
@@ -213,6 +238,9 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
                                         spacing, spacing_source)
         if name == "frontal" and box is not None:
             frontal_height = (box[2] - box[0]) / (scale * scale_to_training)
+        if mode == "auto" and name == "frontal" and segmenter is not None and looks_inverted(pixels, segmenter):
+            framing.warnings.append("frontal: the image looks inverted (lungs bright, bones dark); check its "
+                                    "photometric interpretation (DICOM MONOCHROME1/2) or how it was exported")
         if mode == "auto" and method != "lung-fields":
             framing.warnings.append(f"{name}: no lung fields found; framed by "
                                     f"{'the pixel spacing' if method == 'pixel-spacing' else 'the whole image'}")
