@@ -59,16 +59,48 @@ def test_processing_does_not_change_the_lungs(pipeline, chest_seed):
     assert va > 0 and abs(va - vb) / va < LUNG_VOLUME_TOLERANCE, (va, vb)
 
 
-def test_the_real_cr_gives_air_in_both_halves_behind_its_lung_fields(pipeline):
-    from axonct.io.radiograph import read_radiograph
-    from axonct.io.sample_data import sample_cr_path
-
-    checks = _run(pipeline, read_radiograph(sample_cr_path(), view="frontal"))
+def test_the_real_cr_gives_air_in_both_halves_behind_its_lung_fields(cr_checks):
+    checks = cr_checks
     assert checks["framing"]["views"]["frontal"]["method"] == "lung-fields"
     anatomy = checks["anatomy"]
     assert anatomy["air_in_both_halves"], anatomy
     assert anatomy["enclosed_air_fraction"] > 0.08, anatomy
     assert checks["lung_fields"]["dice"]["frontal"] > 0.6, checks["lung_fields"]
+
+
+EXPORT_AIR_TOLERANCE = 0.04
+"""Absolute difference allowed in lung air (share of the body) between the real CR read from its
+DICOM and the same image exported as a user might have it."""
+
+
+@pytest.fixture(scope="module")
+def cr_checks(pipeline):
+    from axonct.io.radiograph import read_radiograph
+    from axonct.io.sample_data import sample_cr_path
+
+    return _run(pipeline, read_radiograph(sample_cr_path(), view="frontal"))
+
+
+@pytest.mark.parametrize("export", ["jpeg", "cropped-rotated"])
+def test_an_exported_copy_of_the_real_cr_gives_the_same_lungs(pipeline, cr_checks, export, tmp_path):
+    from PIL import Image
+
+    from axonct.io.radiograph import read_radiograph
+    from axonct.io.sample_data import sample_cr_path
+
+    px = read_radiograph(sample_cr_path(), view="frontal").pixels.astype(np.float32)
+    lo, hi = np.percentile(px, [0.5, 99.5])
+    image = Image.fromarray((np.clip((px - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8))
+    path = tmp_path / ("cr.jpg" if export == "jpeg" else "cr.png")
+    if export == "cropped-rotated":  # a tighter field and a patient turned by 5 degrees
+        w, h = image.size
+        image = image.crop((int(0.08 * w), int(0.1 * h), int(0.92 * w), int(0.95 * h))).rotate(5, fillcolor=0)
+    image.save(path, **({"quality": 75} if export == "jpeg" else {}))
+    checks = _run(pipeline, read_radiograph(path, view="frontal"))
+    assert checks["framing"]["views"]["frontal"]["method"] == "lung-fields"
+    a, b = cr_checks["anatomy"], checks["anatomy"]
+    assert abs(a["enclosed_air_fraction"] - b["enclosed_air_fraction"]) < EXPORT_AIR_TOLERANCE, (a, b)
+    assert b["air_in_both_halves"] and checks["lung_fields"]["dice"]["frontal"] > 0.6
 
 
 def test_evaluate_real_writes_a_row_per_file_and_an_error_row_for_a_bad_one(tmp_path):
