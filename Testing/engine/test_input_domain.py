@@ -74,3 +74,33 @@ def test_training_measures_the_tables_and_loading_applies_them_whatever_the_pres
     assert model.cfg.input_tables == tuple(tuple(t) for t in tables)
     views = torch.rand(1, 2, *(model.detector_pixels,) * 2)
     assert torch.allclose(model.input_views(views), match_views(views, torch.tensor(tables)))
+
+
+def test_a_resumed_run_keeps_the_tables_it_started_with(tiny_cache, tmp_path, monkeypatch):
+    import axonct.training.trainer as trainer
+
+    preset = model_preset("tiny")
+    preset.train.steps, preset.train.validate_every, preset.train.val_cases = 1, 1000, 1
+    run = tmp_path / "coarse"
+    train("coarse", tiny_cache, preset, run, device="cpu", progress=False)
+    first = read_card(run, "coarse")["config"]["coarse"]["input_tables"]
+
+    measure = trainer.with_input_tables
+
+    def shifted(p, maker, log=print):  # what another CPU's rounding could measure
+        out = measure(p, maker, log)
+        return dataclasses.replace(out, coarse=dataclasses.replace(out.coarse, input_tables=tuple(
+            tuple(v + 1e-6 for v in t) for t in out.coarse.input_tables)))
+
+    monkeypatch.setattr(trainer, "with_input_tables", shifted)
+    preset.train.steps = 2
+    train("coarse", tiny_cache, preset, run, resume=True, device="cpu", progress=False)
+    assert read_card(run, "coarse")["config"]["coarse"]["input_tables"] == first
+    assert read_card(run, "coarse")["trained_on"]["steps_done"] == 2
+
+    config = json.loads((run / "config.json").read_text())
+    config["coarse"]["input_tables"] = [[0.5, 0.1], [0.0, 1.0]]
+    (run / "config.json").write_text(json.dumps(config))
+    preset.train.steps = 3
+    with pytest.raises(trainer.AxonInputError, match="config.json.*input tables"):
+        train("coarse", tiny_cache, preset, run, resume=True, device="cpu", progress=False)

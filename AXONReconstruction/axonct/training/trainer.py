@@ -174,8 +174,10 @@ def train(
     maker = BatchMaker(cache, train_ids, preset.sr.factor, aug)
     val_maker = BatchMaker(cache, val_ids[: tc.val_cases], preset.sr.factor, Augmentation.none())
 
-    if stage == "coarse":
-        preset = with_input_tables(preset, maker, log)
+    if stage == "coarse":  # a resumed run keeps the tables it started with (another CPU may round differently)
+        saved = _saved_input_tables(out) if resume else None
+        preset = with_input_tables(preset, maker, log) if saved is None else dataclasses.replace(
+            preset, coarse=dataclasses.replace(preset.coarse, input_tables=saved))
 
     if stage == "controlnet" and (prior_dir is None or coarse_dir is None):
         raise AxonInputError(None, "controlnet training needs the trained prior and coarse stages: "
@@ -313,6 +315,28 @@ def with_input_tables(preset: ModelPreset, maker: BatchMaker, log: Callable[[str
     log(f"Stage I input domain: grey-value quantiles of {INPUT_TABLE_SAMPLES} training views measured")
     return dataclasses.replace(preset, coarse=dataclasses.replace(cfg, input_tables=tuple(
         tuple(round(float(v), 6) for v in t) for t in tables)))
+
+
+def _saved_input_tables(out: Path):
+    """Stage I's input tables of the run being resumed in ``out`` (its config.json), if it has any."""
+    try:
+        coarse = json.loads((out / "config.json").read_text())["coarse"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    tables = coarse.get("input_tables") if isinstance(coarse, dict) else None
+    if coarse.get("input_domain") != "matched" or not tables:
+        return None
+    try:
+        from axonct.io.radiograph_preprocess import check_quantile_table
+
+        if len(tables) != 2:
+            raise ValueError("needs a frontal and a lateral table")
+        for t in tables:
+            check_quantile_table(t)
+        return tuple(tuple(float(v) for v in t) for t in tables)
+    except (TypeError, ValueError) as exc:
+        raise AxonInputError(out / "config.json", f"holds unusable Stage I input tables ({exc}); the run cannot "
+                                                  "be resumed") from None
 
 
 def _previous_record(out: Path, stage: str) -> dict:
