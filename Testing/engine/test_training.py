@@ -123,3 +123,20 @@ def test_resumed_run_on_another_cache_keeps_its_whole_training_record():
     assert merged["caches"] == ["/a", "/synth"] and merged["synthetic_from"] == ["/d/cxr.nii.gz"]
     assert merged["steps"] == 1500
     assert merge_training_record({}, second) == second
+
+
+def test_fine_tuning_keeps_what_its_starting_weights_saw(tiny_cache, tmp_path):
+    first = tmp_path / "first"
+    train("sr", tiny_cache, _preset(1), first, device="cpu", progress=False)
+    start_cases = json.loads((first / "sr.json").read_text())["trained_on"]["cases"]
+    tuned = tmp_path / "tuned"
+    train("sr", tiny_cache, _preset(1), tuned, device="cpu", progress=False, init_from=str(first))
+    record = json.loads((tuned / "sr.json").read_text())["trained_on"]
+    assert record["initialised_from"]["weights"] == str(first) and record["initialised_from"]["steps"] == 1
+    assert set(start_cases) <= set(record["cases"])
+    a, _ = load_stage(first, "sr")
+    b, _ = load_stage(tuned, "sr")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # it trained on from there
+    train("sr", tiny_cache, _preset(2), tuned, resume=True, device="cpu", progress=False)
+    resumed = json.loads((tuned / "sr.json").read_text())["trained_on"]
+    assert resumed["initialised_from"] == record["initialised_from"] and resumed["steps_done"] == 2

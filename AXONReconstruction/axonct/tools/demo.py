@@ -59,7 +59,9 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
 
     rec = pipe.reconstruct(model_views, mask, steps=steps, seed=seed, progress=progress,
                            consistency=ConsistencyConfig() if consistency else None)
-    seen = meta.get("patient_id") in pipe.cards["coarse"]["trained_on"].get("cases", [])
+    record = pipe.cards["coarse"]["trained_on"]
+    seen = meta.get("patient_id") in record.get("cases", []) or \
+        Path(ct_path).name in {Path(s).name for s in record.get("synthetic_from", [])}  # chests made from it
     metrics = compare(rec.mean, truth.array, data.grid)
     metrics["stage_cuts"] = {  # what each stage adds (coarser grids resized only for the comparison)
         label: flat_metrics(compare(to_final_grid(torch.from_numpy(rec.cuts[cut])[None, None],

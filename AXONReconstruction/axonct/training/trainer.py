@@ -210,7 +210,7 @@ def train(
     elif init_from is not None:
         from axonct.pipeline.checkpoint import load_into, load_stage
 
-        state, _ = load_stage(init_from, stage)
+        state, init_card = load_stage(init_from, stage)
         load_into(model, state, Path(init_from) / f"{stage}.safetensors")
         ema = EMA(params, tc.ema_decay)  # the EMA starts at the loaded weights
         log(f"{stage} starts from the weights in {init_from}")
@@ -220,11 +220,11 @@ def train(
 
     trained_on = {"cache": str(Path(data).resolve()), "cases": train_ids, "steps": tc.steps,
                   "world_size": info.world, "seed": tc.seed}
-    if init_from is not None and start == 0:
-        trained_on["initialised_from"] = str(init_from)
     synthetic = cache.manifest.get("synthetic")
     if isinstance(synthetic, dict) and synthetic.get("source_ct"):
         trained_on["synthetic_from"] = [synthetic["source_ct"]]
+    if init_from is not None and start == 0:  # what the starting weights saw was seen by these too
+        trained_on = with_initial_record(trained_on, str(init_from), init_card.get("trained_on") or {})
     if start > 0:
         trained_on = merge_training_record(_previous_record(out, stage), trained_on)
     bar = None
@@ -361,6 +361,17 @@ def merge_training_record(previous: dict, current: dict) -> dict:
     sources = [*previous.get("synthetic_from", []), *current.get("synthetic_from", [])]
     if sources:
         merged["synthetic_from"] = list(dict.fromkeys(sources))
+    if "initialised_from" in previous:
+        merged.setdefault("initialised_from", previous["initialised_from"])
+    return merged
+
+
+def with_initial_record(current: dict, weights: str, initial: dict) -> dict:
+    """A fine-tuning run's record: its own cases plus every case, cache and synthetic source of the
+    weights it started from (so "seen in training" stays true for them), and where those came from."""
+    merged = merge_training_record(initial, current)
+    merged["initialised_from"] = {"weights": weights, "steps": initial.get("steps_done", initial.get("steps")),
+                                  "caches": initial.get("caches") or ([initial["cache"]] if initial.get("cache") else [])}
     return merged
 
 
