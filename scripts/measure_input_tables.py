@@ -1,9 +1,10 @@
 """Give a weights folder's Stage I the "matched" input domain: measure the training views'
 grey-value quantiles on a training cache and write them into its coarse card.
 
-For weights trained before the trainer measured them itself (the shipped demo weights were trained
-on percentile-normalised views, whose distribution these tables describe). The weights file and its
-SHA-256 are not touched; the card records where the tables came from.
+For weights trained before the trainer measured them itself, on percentile-normalised views whose
+distribution these tables describe (the previous release's demo weights got theirs this way, before
+their coarse stage was fine-tuned on matched views). The weights file and its SHA-256 are not
+touched; the card records where the tables came from.
 
     python scripts/measure_input_tables.py WEIGHTS_DIR --data CACHE [--seed 0]
 """
