@@ -8,6 +8,7 @@ one file (``axon train --config FILE``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,16 @@ from .config import DataConfig, data_preset
 
 
 INPUT_DOMAINS = ("matched", "equalized", "percentile")
+
+
+def check_quantile_table(table, what: str = "a quantile table") -> None:
+    """A grey-value quantile table: at least 2 finite, non-decreasing values."""
+    try:
+        values = [float(v) for v in table]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) < 2 or not all(math.isfinite(v) for v in values) or any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{what} must be 1-D, finite, non-decreasing, with >= 2 entries")
 
 
 @dataclass
@@ -48,8 +59,6 @@ class CoarseConfig:
             raise ValueError(f"coarse.input_domain must be one of {INPUT_DOMAINS}, not {self.input_domain!r}")
         self.input_tables = tuple(tuple(float(v) for v in t) for t in self.input_tables)
         if self.input_tables:
-            from axonct.io.radiograph_preprocess import check_quantile_table
-
             if len(self.input_tables) != 2:
                 raise ValueError("coarse.input_tables needs a frontal and a lateral quantile table")
             for name, t in zip(("frontal", "lateral"), self.input_tables):

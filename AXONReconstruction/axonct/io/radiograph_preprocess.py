@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from axonct.presets import check_quantile_table
+
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
 
@@ -136,12 +138,6 @@ def quantile_table(img: np.ndarray, n: int = 256) -> np.ndarray:
     if a.size == 0:
         raise ValueError("image has no finite values")
     return np.quantile(a, np.linspace(0.0, 1.0, n)).astype(np.float32)
-
-
-def check_quantile_table(table, what: str = "a quantile table") -> None:
-    t = np.asarray(table, dtype=np.float64)
-    if t.ndim != 1 or t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
-        raise ValueError(f"{what} must be 1-D, finite, non-decreasing, with >= 2 entries")
 
 
 def match_views(views: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:

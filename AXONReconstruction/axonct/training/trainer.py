@@ -32,7 +32,7 @@ from axonct.data.datasets import Augmentation, BatchMaker, CTCache, step_generat
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr, ssim
 from axonct.io.montage import orthogonal_slices, save_montage
-from axonct.presets import ModelPreset
+from axonct.presets import ModelPreset, check_quantile_table
 
 from axonct.pipeline.loading import STAGES, build_stage, load_trained_stage
 
@@ -327,8 +327,6 @@ def _saved_input_tables(out: Path):
     if coarse.get("input_domain") != "matched" or not tables:
         return None
     try:
-        from axonct.io.radiograph_preprocess import check_quantile_table
-
         if len(tables) != 2:
             raise ValueError("needs a frontal and a lateral table")
         for t in tables:
