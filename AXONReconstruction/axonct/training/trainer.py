@@ -32,7 +32,7 @@ from axonct.data.datasets import Augmentation, BatchMaker, CTCache, step_generat
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr, ssim
 from axonct.io.montage import orthogonal_slices, save_montage
-from axonct.presets import ModelPreset, check_quantile_table
+from axonct.presets import ModelPreset
 
 from axonct.pipeline.loading import STAGES, build_stage, load_trained_stage
 
@@ -176,8 +176,14 @@ def train(
 
     if stage == "coarse":  # a resumed run keeps the tables it started with (another CPU may round differently)
         saved = _saved_input_tables(out) if resume else None
-        preset = with_input_tables(preset, maker, log) if saved is None else dataclasses.replace(
-            preset, coarse=dataclasses.replace(preset.coarse, input_tables=saved))
+        if saved is None:
+            preset = with_input_tables(preset, maker, log)
+        else:
+            try:  # CoarseConfig checks the tables
+                preset = dataclasses.replace(preset, coarse=dataclasses.replace(preset.coarse, input_tables=saved))
+            except (TypeError, ValueError) as exc:
+                raise AxonInputError(out / "config.json", f"holds unusable Stage I input tables ({exc}); the run "
+                                                          "cannot be resumed") from None
 
     if stage == "controlnet" and (prior_dir is None or coarse_dir is None):
         raise AxonInputError(None, "controlnet training needs the trained prior and coarse stages: "
@@ -323,18 +329,9 @@ def _saved_input_tables(out: Path):
         coarse = json.loads((out / "config.json").read_text())["coarse"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    tables = coarse.get("input_tables") if isinstance(coarse, dict) else None
-    if coarse.get("input_domain") != "matched" or not tables:
+    if not isinstance(coarse, dict) or coarse.get("input_domain") != "matched":
         return None
-    try:
-        if len(tables) != 2:
-            raise ValueError("needs a frontal and a lateral table")
-        for t in tables:
-            check_quantile_table(t)
-        return tuple(tuple(float(v) for v in t) for t in tables)
-    except (TypeError, ValueError) as exc:
-        raise AxonInputError(out / "config.json", f"holds unusable Stage I input tables ({exc}); the run cannot "
-                                                  "be resumed") from None
+    return coarse.get("input_tables") or None
 
 
 def _previous_record(out: Path, stage: str) -> dict:
@@ -354,8 +351,7 @@ def merge_training_record(previous: dict, current: dict) -> dict:
         return current
     merged = dict(current)
     merged["cases"] = list(dict.fromkeys([*previous.get("cases", []), *current.get("cases", [])]))
-    caches = previous.get("caches") or ([previous["cache"]] if previous.get("cache") else [])
-    merged["caches"] = list(dict.fromkeys([*caches, current["cache"]]))
+    merged["caches"] = list(dict.fromkeys([*_caches(previous), current["cache"]]))
     sources = [*previous.get("synthetic_from", []), *current.get("synthetic_from", [])]
     if sources:
         merged["synthetic_from"] = list(dict.fromkeys(sources))
@@ -369,8 +365,13 @@ def with_initial_record(current: dict, weights: str, initial: dict) -> dict:
     weights it started from (so "seen in training" stays true for them), and where those came from."""
     merged = merge_training_record(initial, current)
     merged["initialised_from"] = {"weights": weights, "steps": initial.get("steps_done", initial.get("steps")),
-                                  "caches": initial.get("caches") or ([initial["cache"]] if initial.get("cache") else [])}
+                                  "caches": _caches(initial)}
     return merged
+
+
+def _caches(record: dict) -> list:
+    """Every cache a training record names (older records name one, as ``cache``)."""
+    return record.get("caches") or ([record["cache"]] if record.get("cache") else [])
 
 
 def _resumable(preset_dict: dict) -> dict:
