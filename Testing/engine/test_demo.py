@@ -30,3 +30,11 @@ def test_demo_reconstructs_the_real_case_and_labels_it(real_ct_path, tiny_weight
     card["trained_on"]["cases"].append(m["case"]["patient_id"])
     (seen / "coarse.json").write_text(json.dumps(card))
     assert run_demo(tmp_path / "demo2", weights=seen, steps=2, device="cpu")["case"]["status"] == "seen in training"
+
+    made_from = tmp_path / "synthetic_weights"  # trained on chests synthesised from the demo's CT
+    shutil.copytree(tiny_weights, made_from)
+    card = json.loads((made_from / "coarse.json").read_text())
+    card["trained_on"]["synthetic_from"] = [str(real_ct_path)]
+    (made_from / "coarse.json").write_text(json.dumps(card))
+    assert run_demo(tmp_path / "demo3", weights=made_from, steps=2, device="cpu")["case"]["status"] == \
+        "seen in training"
