@@ -1,7 +1,7 @@
 """Compare a reconstruction with a ground-truth CT in the scene, without Qt: the ground truth on the
-reconstruction's model grid (as `axon evaluate` puts it there), a difference volume, and the metrics
-(PSNR/SSIM in two labelled conventions, MAE in HU) as a table node, all referenced from the
-reconstruction node so a second comparison updates them.
+reconstruction's grid, aligned by body centroids (as `axon evaluate` puts it there), a difference
+volume, and the metrics (PSNR/SSIM in two labelled conventions, MAE in HU) as a table node, all
+referenced from the reconstruction node so a second comparison updates them.
 """
 
 from __future__ import annotations
@@ -28,32 +28,41 @@ class ComparisonLogic:
     host class (`job.ReconstructionJobs`)."""
 
     def compare(self, reconstructionNode, groundTruthNode) -> dict:
-        """Ground truth -> the reconstruction's model grid exactly as `axon evaluate` does
-        (`axonct.tools.compare.ground_truth_on_grid`: body-centred cube, anti-aliased, bed removed), then
-        `axonct.tools.compare.compare`. Adds (or updates) a difference volume, the ground truth on the grid and a
-        metrics table, all referenced from the reconstruction node."""
+        """Ground truth -> the reconstruction's grid exactly as `axon evaluate` does
+        (`axonct.tools.compare.align_ground_truth`: translated so the body centroids coincide, then
+        resampled onto the reconstruction's own grid, anti-aliased, bed removed), then scored with
+        `axonct.tools.compare.score_aligned` (``metrics`` also holds ``alignment`` and ``grid``). Adds
+        (or updates) a difference volume, the ground truth on the grid and a metrics table, all
+        referenced from the reconstruction node."""
         import SimpleITK as sitk
 
-        from axonct.io.ct_preprocess import hu_to_unit, unit_to_hu
+        from axonct.io.ct import read_ct
+        from axonct.io.ct_preprocess import unit_to_hu
         from axonct.errors import AxonInputError
-        from axonct.tools.compare import compare, ground_truth_on_grid
+        from axonct.tools.compare import align_ground_truth, score_aligned
 
         if groundTruthNode is None:
             raise ValueError("choose a ground-truth CT volume")
-        grid = mrmlio.modelGridOf(reconstructionNode)
-        pred_unit = hu_to_unit(slicer.util.arrayFromVolume(reconstructionNode).astype(np.float32), grid)
+        if reconstructionNode is None or reconstructionNode.GetImageData() is None:
+            raise ValueError("choose a reconstruction volume first")
+        prediction = mrmlio.imageFromVolumeNode(reconstructionNode, np.float32)
         temp = Path(tempfile.mkdtemp(prefix="AXON-compare-", dir=self._tempRoot()))
         try:
             path = temp / "ground_truth.nrrd"
             sitk.WriteImage(mrmlio.imageFromVolumeNode(groundTruthNode, np.float32), str(path), False)
             try:
-                gt_unit = ground_truth_on_grid(path, grid)
+                truth_image = read_ct(path)  # the same checks as `axon evaluate --gt`
             except AxonInputError as exc:
                 raise ValueError(f"ground truth '{groundTruthNode.GetName()}' {exc.problem}") from None
         finally:
             shutil.rmtree(temp, ignore_errors=True)
-        metrics = compare(pred_unit, gt_unit, grid)
-        pred_hu, gt_hu = unit_to_hu(pred_unit, grid), unit_to_hu(gt_unit, grid)
+        try:
+            aligned = align_ground_truth(prediction, truth_image, sources=(
+                f"'{reconstructionNode.GetName()}'", f"ground truth '{groundTruthNode.GetName()}'"))
+        except AxonInputError as exc:
+            raise ValueError(str(exc)) from None
+        metrics = score_aligned(aligned)
+        pred_hu, gt_hu = unit_to_hu(aligned.pred_unit, aligned.window), unit_to_hu(aligned.gt_unit, aligned.window)
 
         name = reconstructionNode.GetName()
         truth = self._referencedVolume(reconstructionNode, REF_TRUTH_ON_GRID, f"{groundTruthNode.GetName()} on AXON grid")
@@ -123,4 +132,7 @@ class ComparisonLogic:
                 f"MAE {metrics['mae_hu']:.0f} HU")
         if body is not None:
             text += f", inside the body {body:.0f} HU"
+        shift = (metrics.get("alignment") or {}).get("shift_mm")
+        if shift is not None:
+            text += "\nGround truth moved by ({:.1f}, {:.1f}, {:.1f}) mm (LPS): body centroids aligned".format(*shift)
         return text

@@ -135,18 +135,3 @@ def writeRadiograph(node, path) -> None:
     sitk.WriteImage(image, str(path))
 
 
-def modelGridOf(node):
-    """The engine `VolumeGrid` of a volume on a model grid (cube, isotropic, LPS identity
-    direction), as `axonct.tools.compare.load_prediction` requires; ValueError otherwise."""
-    from axonct.config import VolumeGrid
-
-    image_data = node.GetImageData() if node is not None else None
-    if image_data is None:
-        raise ValueError("choose a reconstruction volume first")
-    dims = image_data.GetDimensions()
-    spacing, _, direction = geometryFromIjkToRas(ijkToRas(node, world=False))
-    if len(set(dims)) != 1 or not np.allclose(spacing, spacing[0], rtol=1e-5) or \
-            not np.allclose(direction, np.eye(3).ravel(), atol=1e-6):
-        raise ValueError(f"'{node.GetName()}' is not on an AXON model grid (size {dims}, spacing "
-                         f"{tuple(round(s, 4) for s in spacing)}); choose an AXON reconstruction")
-    return VolumeGrid(size=int(dims[0]), fov_mm=float(spacing[0] * dims[0]))

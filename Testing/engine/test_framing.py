@@ -81,20 +81,56 @@ def test_framing_recovers_a_known_scale_and_shift(reference, segmenter, scale, t
     assert mask.tolist() == [1.0, 0.0] and framing.size_factor == 1.0  # no spacing, no age: an adult
 
 
-def test_pixel_spacing_measures_the_patient_size(reference, segmenter):
+def test_a_trusted_pixel_spacing_frames_physically(reference, segmenter):
+    """PixelSpacing (patient plane) or a detector spacing with its source distances: the view is
+    centred at the training geometry's mm per pixel and the patient keeps their own size."""
     image, _ = reference
     scale = 2.0
     placed = _place(image[0], scale, 20.0, 20.0, (300, 300))
     iso_mm = DATA.geometry.detector_size_mm / DATA.geometry.detector_pixels / DATA.geometry.magnification
-    adult = Radiograph(placed, pixel_spacing_mm=(iso_mm / scale,) * 2, view="frontal",
-                       meta={"spacing_source": "PixelSpacing"})
-    _, _, framing = fr.frame_inputs(adult, None, DATA, segmenter)
-    assert framing.size_factor == pytest.approx(1.0, rel=0.08)
-    assert "measured" in framing.size_source
-    child = Radiograph(placed, pixel_spacing_mm=(0.6 * iso_mm / scale,) * 2, view="frontal",
-                       meta={"spacing_source": "PixelSpacing"})
-    _, _, framing = fr.frame_inputs(child, None, DATA, segmenter)
-    assert framing.size_factor == pytest.approx(0.6, rel=0.08)
+    for spacing in (iso_mm / scale, 0.6 * iso_mm / scale):  # an adult, and a child's smaller chest
+        rg = Radiograph(placed, pixel_spacing_mm=(spacing,) * 2, view="frontal", meta={"spacing_source": "PixelSpacing"})
+        _, _, framing = fr.frame_inputs(rg, None, DATA, segmenter)
+        f = framing.views["frontal"]
+        assert f.method == "pixel-spacing" and f.center_rc == (150.0, 150.0)
+        assert f.image_px_per_view_px == pytest.approx(iso_mm / spacing)
+        assert framing.size_factor == 1.0 and "physically" in framing.size_source and not framing.warnings
+    detector = Radiograph(placed, pixel_spacing_mm=(iso_mm * 1.5 / scale,) * 2, view="frontal",
+                          meta={"spacing_source": "ImagerPixelSpacing", "distance_source_to_detector_mm": 1500.0,
+                                "distance_source_to_patient_mm": 1000.0})
+    _, _, framing = fr.frame_inputs(detector, None, DATA, segmenter)
+    assert framing.views["frontal"].method == "pixel-spacing"
+    assert framing.views["frontal"].image_px_per_view_px == pytest.approx(scale)
+
+
+def test_an_assumed_magnification_frames_by_the_lung_fields_and_measures_the_size(reference, segmenter):
+    """A detector spacing without distances is not trusted for framing (the magnification is a
+    guess) but still measures the patient's size."""
+    image, _ = reference
+    scale = 2.0
+    placed = _place(image[0], scale, 20.0, 20.0, (300, 300))
+    iso_mm = DATA.geometry.detector_size_mm / DATA.geometry.detector_pixels / DATA.geometry.magnification
+    for factor in (1.0, 0.6):
+        spacing = factor * iso_mm / scale * fr.ASSUMED_PA_MAGNIFICATION  # on the detector
+        rg = Radiograph(placed, pixel_spacing_mm=(spacing,) * 2, view="frontal",
+                        meta={"spacing_source": "ImagerPixelSpacing"})
+        assert not fr.trusted_spacing(rg)
+        _, _, framing = fr.frame_inputs(rg, None, DATA, segmenter)
+        assert framing.views["frontal"].method == "lung-fields" and "measured" in framing.size_source
+        assert framing.size_factor == pytest.approx(factor, rel=0.08)
+
+
+def test_model_geometry_views_pass_through_framing_unchanged(reference, segmenter):
+    """DRRs in the model's own geometry (the demo, the evaluations, `axon drr` files) reach the
+    networks exactly as rendered: what is measured on them is what `--framing none` would give."""
+    image, _ = reference
+    frontal, lateral = fr.model_view_radiographs(image, np.ones(2), DATA)
+    views, mask, framing = fr.frame_inputs(frontal, lateral, DATA, segmenter)
+    plain, _, _ = fr.frame_inputs(frontal, lateral, DATA, segmenter, mode="none")
+    assert [v.method for v in framing.views.values()] == ["pixel-spacing", "pixel-spacing"]
+    assert framing.size_factor == 1.0 and not framing.warnings
+    np.testing.assert_array_equal(views, plain)
+    assert np.abs(views - np.clip(image, 0, 1)).max() < 0.02
 
 
 def test_age_or_a_given_width_sets_the_size_without_spacing(reference, segmenter):

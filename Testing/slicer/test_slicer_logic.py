@@ -80,7 +80,7 @@ def _segment_voxels(segmentation_node, name: str) -> int:
 def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path):
     from axonct.io.ct_preprocess import unit_to_hu
     from axonct.tools.compare import compare as engine_compare
-    from axonct.tools.compare import flat_metrics, ground_truth_on_grid
+    from axonct.tools.compare import flat_metrics
     from AXONReconstructionLib.segmentation import threshold_masks
 
     logic, temp_root = _logic(tmp_path)
@@ -133,12 +133,15 @@ def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path)
                              for c in ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode"))
     nodes_before = data_nodes()
     result = logic.compare(ct, gt)
-    grid = mrmlio.modelGridOf(ct)
-    assert (grid.size, grid.fov_mm) == (64, 320.0)
-    gt_unit = ground_truth_on_grid(case["ct"], grid)
-    from axonct.io.ct_preprocess import hu_to_unit
+    assert slicer.util.arrayFromVolume(ct).shape == (64, 64, 64) and np.allclose(ct.GetSpacing(), 5.0)
+    from axonct.io.ct import read_ct
+    from axonct.tools.compare import align_ground_truth
 
-    reference = engine_compare(hu_to_unit(hu.astype(np.float32), grid), gt_unit, grid)
+    aligned = align_ground_truth(mrmlio.imageFromVolumeNode(ct, np.float32), read_ct(case["ct"]))
+    grid = aligned.window  # the HU window; the reconstruction keeps its own grid
+    gt_unit = aligned.gt_unit
+    reference = engine_compare(aligned.pred_unit, gt_unit, grid)
+    assert result["metrics"]["alignment"] == aligned.alignment
     got, want = flat_metrics(result["metrics"]), flat_metrics(reference)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

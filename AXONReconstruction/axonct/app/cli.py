@@ -171,6 +171,19 @@ def cmd_evaluate(args) -> int:
     from axonct.tools.compare import evaluate_files
     from axonct.tools.evaluate import evaluate_cache
 
+    if args.suite:
+        if args.pred or args.gt or args.data or args.real:
+            raise AxonInputError(None, "--suite runs on its own; leave out --pred/--gt/--data/--real")
+        if not args.out:
+            raise AxonInputError(None, "--suite needs --out FOLDER for its tables, summary and montages")
+        from axonct.tools.evaluate_suite import evaluate_suite
+
+        result = evaluate_suite(args.suite, args.out, weights=args.weights, device=args.device,
+                                precision=args.precision, steps=args.steps, seed=args.seed,
+                                max_cases=args.max_cases, overwrite=args.overwrite,
+                                log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps({k: v for k, v in result.items() if k != "options"}, indent=2))
+        return 0
     if args.real:
         if args.pred or args.gt or args.data:
             raise AxonInputError(None, "--real takes radiographs without ground truth; leave out --pred/--gt/--data")
@@ -412,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real frontal radiographs without ground truth (files or folders): per file the framing, "
                         "lung air (mL, share of the body, left share), lung-field Dice, box fill, ray streaks and "
                         "reprojection agreement; writes real_cases.csv, summary.json and montage.png in --out")
+    p.add_argument("--suite", metavar="DATA_DIR",
+                   help="the real-data suite through the default `axon reconstruct` path: a folder laid out like "
+                        "../shared/data (manifest.csv; evaluation CTs from their `axon drr` DRRs, biplanar, "
+                        "frontal-only and --framing none, beside the mean-CT atlas; radiographs with lung masks; "
+                        "PA + lateral pairs); writes ct_cases.csv, radiographs.csv, pairs.csv, summary.json, "
+                        "summary.md, montages/ and the CT cases' volumes/ in --out (--max-cases N: the first N of each part)")
     p.add_argument("--lung-fields", choices=["on", "off"], default="on",
                    help="with --real: lung-field guidance while sampling (default: on)")
     p.add_argument("--framing", choices=options.FRAMINGS, default="auto", help="with --real: framing of the inputs")

@@ -16,17 +16,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from axonct.errors import AxonInputError
 from axonct.options import ReconstructOptions
 from axonct.io.output_policy import CooperativeSignals, Outputs
 from axonct.pipeline.loading import default_weights_dir
-from axonct.pipeline.reconstruction import AxonPipeline, Reconstruction, is_out_of_memory
+from axonct.pipeline.reconstruction import AxonPipeline, ReconstructionOutput, is_out_of_memory
 from axonct.app.protocol import (EXIT_INPUT, EXIT_OK, EXIT_OOM, EXIT_SIGINT, EXIT_SIGNAL, Cancelled,
                                  ProgressLines)
 from axonct.guidance.reprojection import consistency_report
-from axonct.pipeline.quality import framing_summary, input_checks
 from axonct.io.volume_export import output_format, plan_volume, report_name, sibling, write_volume
 
 
@@ -58,16 +56,10 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
     pipeline = AxonPipeline.load(weights, device, precision=opts.precision)
     progress.message(f"precision {pipeline.precision}")
     outputs = plan_outputs(req, pipeline.preset)  # conflicts, writability, free space: before any compute
-    views, mask, framing, fields = pipeline.framed_views(req.frontal, req.lateral, opts.framing, opts.thorax_width_mm)
-    progress.message(framing_summary(framing))
     t0 = time.time()
     emit_plan(req, pipeline, progress)
-    options = _sampling_options(req, pipeline, views, mask, progress)
-    if fields is not None and opts.lung_fields and opts.consistency:
-        options["lung_fields"] = fields
     try:
-        rec = pipeline.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
-                                   progress=progress, fine_strength=opts.fine_strength, **options)
+        result = pipeline(req.frontal, req.lateral, opts, progress=progress, message=progress.message)
     except Cancelled:
         raise
     except Exception as exc:
@@ -82,58 +74,15 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
         progress.message("out of GPU memory: falling back to the CPU (slower)")
         pipeline = AxonPipeline.load(weights, "cpu", precision=opts.precision)
         progress.message(f"precision {pipeline.precision}")
-        emit_plan(req, pipeline, progress, template_done=True)  # the run starts again, on the CPU
-        rec = pipeline.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
-                                   progress=progress, fine_strength=opts.fine_strength, **options)
-    rec.size_factor = framing.size_factor
-    checks = input_checks(rec, framing, fields)
-    for warning in checks["warnings"]:
-        progress.message(f"warning: {warning}")
-    return write_outputs(rec, req, weights, pipeline, time.time() - t0, outputs, checks)
+        emit_plan(req, pipeline, progress)  # the run starts again, on the CPU
+        result = pipeline(req.frontal, req.lateral, opts, progress=progress, message=progress.message)
+    return write_outputs(result, req, weights, pipeline, time.time() - t0, outputs)
 
 
-def _consistency(opts: ReconstructOptions):
-    if not opts.consistency:
-        return None
-    from axonct.guidance.consistency import ConsistencyConfig
-
-    return ConsistencyConfig(strength=opts.consistency_strength)
-
-
-def run_plan(req: ReconstructRequest, pipeline: AxonPipeline, template_done: bool = False) -> dict[str, int]:
-    """The run's work units per phase, in order: template fit iterations (--start template), then
-    `AxonPipeline.work_plan` (calibrations, coarse and fine steps, SR tiles, each x K)."""
-    opts = req.options
-    plan: dict[str, int] = {}
-    if opts.start == "template" and not template_done:
-        from axonct.guidance.template_fit import AFFINE_ITERS, DEFORM_ITERS
-
-        plan["template"] = AFFINE_ITERS + DEFORM_ITERS
-    plan.update(pipeline.work_plan(opts.steps, opts.samples, consistency=_consistency(opts),
-                                   start=opts.start == "template", fine_strength=opts.fine_strength))
-    return plan
-
-
-def emit_plan(req: ReconstructRequest, pipeline: AxonPipeline, progress: ProgressLines,
-              template_done: bool = False) -> dict:
+def emit_plan(req: ReconstructRequest, pipeline: AxonPipeline, progress: ProgressLines) -> dict:
     samples = req.options.samples
-    return progress.plan(run_plan(req, pipeline, template_done), samples=samples,
+    return progress.plan(pipeline.run_plan(req.options), samples=samples,
                          batch=pipeline._sample_batch(samples, None))
-
-
-def _sampling_options(req: ReconstructRequest, pipeline: AxonPipeline, views, mask, progress) -> dict:
-    """Consistency and start options of `AxonPipeline.reconstruct` from the request."""
-    options: dict = {}
-    opts = req.options
-    if opts.consistency:
-        options["consistency"] = _consistency(opts)
-    if opts.start == "template":
-        from axonct.guidance.template_fit import fit_template
-
-        progress.message("fitting the template CT to the input views")
-        fit = fit_template(views, mask, pipeline.preset.data, progress=progress)
-        options["start"] = fit.unit
-    return options
 
 
 def output_files(req: ReconstructRequest) -> dict:
@@ -161,34 +110,28 @@ def plan_outputs(req: ReconstructRequest, preset) -> Outputs:
     return outputs
 
 
-def write_outputs(rec: Reconstruction, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
-                  seconds: float, outputs: Outputs | None = None, checks: dict | None = None) -> dict:
+def write_outputs(result: ReconstructionOutput, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
+                  seconds: float, outputs: Outputs | None = None) -> dict:
     """All outputs or none: staged under temporary names and renamed together; an older file at any of
     the names (replaced only with --overwrite) survives every failure of this step."""
-    import SimpleITK as sitk
-
-    grid = rec.preset.data.grid
-    volume = rec.volume().to_hu_image()
+    rec = result.reconstruction
+    volume = result.image()
     files = output_files(req)
     if outputs is None:
         outputs = plan_outputs(req, rec.preset)
-    report = _report(rec, req, weights, pipeline, seconds, volume, files)
-    if checks is not None:
-        report.update(checks)
+    report = _report(result, req, weights, pipeline, seconds, volume, files)
     with outputs:
         write_volume(volume, files["volume"], outputs=outputs)
         if "std" in files:
-            std = rec.std if rec.std is not None else np.zeros_like(rec.mean)
-            std_img = sitk.GetImageFromArray((std * (grid.hu_max - grid.hu_min)).astype(np.float32))
-            std_img.CopyInformation(volume)  # the spread in HU, on the same grid
-            write_volume(std_img, files["std"], "AXON voxel-wise standard deviation", outputs)
+            write_volume(result.std_image(), files["std"], "AXON voxel-wise standard deviation", outputs)
         outputs.path(files["report"]).write_text(json.dumps(report, indent=2))
     return report
 
 
-def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
+def _report(result: ReconstructionOutput, req, weights, pipeline, seconds, volume, files) -> dict:
     from axonct.io.ct_preprocess import unit_to_hu
 
+    rec = result.reconstruction
     grid = rec.output_grid
     return {
         "inputs": {"frontal": req.frontal, "lateral": req.lateral},
@@ -210,6 +153,7 @@ def _report(rec, req, weights, pipeline, seconds, volume, files) -> dict:
         "seconds": {**{k: round(v, 2) for k, v in rec.seconds.items()}, "total": round(seconds, 2)},
         "mean_hu": float(unit_to_hu(rec.mean, rec.preset.data.grid).mean()),
         "files": files,
+        **result.checks,
         "note": "research use only; not for diagnosis",
     }
 

@@ -78,30 +78,40 @@ def frame_window(
     percentile, dark = no attenuation), and the normalisation range is taken from image content
     only. Returns the view and the fraction of it that the image covers.
     """
+    a = _image(radiograph_or_array, np.float32)
+    h, w = a.shape
+    background = float(np.percentile(a[:: max(1, h // 512), :: max(1, w // 512)], percentiles[0]))
+    view, covered = window_image(a, center_rc, image_px_per_view_px, size, background)
+    covered = covered > 0.5
+    if covered.sum() >= 16:
+        lo, hi = _robust_range(view[covered], percentiles)
+    else:
+        lo, hi = _robust_range(view, percentiles)
+    return _rescale(view, lo, hi), float(covered.mean())
+
+
+def window_image(a: np.ndarray, center_rc: tuple[float, float], image_px_per_view_px: float, size: int,
+                 fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The geometry of `frame_window` alone, without normalisation: the window resampled (anti-aliased)
+    to ``size`` x ``size`` float64, ``fill`` outside the image, and the fraction of each view pixel the
+    image covers. Also carries any image-aligned array (a lung mask) into a framed view."""
     size = int(size)
     k = float(image_px_per_view_px)
     if size < 1 or not np.isfinite(k) or k <= 0:
         raise ValueError(f"bad window: size {size}, {k} image pixels per view pixel")
-    a = _image(radiograph_or_array, np.float32)
+    a = np.asarray(a, np.float32)
     h, w = a.shape
-    background = float(np.percentile(a[:: max(1, h // 512), :: max(1, w // 512)], percentiles[0]))
     n = max(1, int(round(size * k)))
     r0 = int(round(center_rc[0] - n / 2.0))
     c0 = int(round(center_rc[1] - n / 2.0))
-    window = np.full((n, n), background, dtype=np.float32)
+    window = np.full((n, n), fill, dtype=np.float32)
     inside = np.zeros((n, n), dtype=np.float32)
     rs, re = max(r0, 0), min(r0 + n, h)
     cs, ce = max(c0, 0), min(c0 + n, w)
     if rs < re and cs < ce:
         window[rs - r0:re - r0, cs - c0:ce - c0] = a[rs:re, cs:ce]
         inside[rs - r0:re - r0, cs - c0:ce - c0] = 1.0
-    view = _resize(window.astype(np.float64), (size, size))
-    covered = _resize(inside.astype(np.float64), (size, size)) > 0.5
-    if covered.sum() >= 16:
-        lo, hi = _robust_range(view[covered], percentiles)
-    else:
-        lo, hi = _robust_range(view, percentiles)
-    return _rescale(view, lo, hi), float(covered.mean())
+    return _resize(window.astype(np.float64), (size, size)), _resize(inside.astype(np.float64), (size, size))
 
 
 def equalize_views(views: torch.Tensor) -> torch.Tensor:

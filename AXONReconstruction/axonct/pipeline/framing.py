@@ -13,8 +13,13 @@ comes back as the output grid's voxel size:
 * otherwise assumed: an adult thorax like the training CT's, scaled by a typical growth curve when
   the file states the patient's age, or the width the user gives (``--thorax-width-mm``).
 
-When no lung fields are found, a spacing still frames the image physically (centred); without
-either, the whole image is padded to a square as before, and the report says so.
+A view whose pixel spacing can be trusted (DICOM PixelSpacing, or a detector spacing with the
+source distances that give its magnification, as DICOM and `axon drr` headers carry) is framed
+physically instead: centred, at the training geometry's millimetres per pixel, so the patient keeps
+their own size and nothing is estimated. Lung-field framing is for images without such a spacing
+(JPEG/PNG exports, DICOM without distances); it costs quality where the geometry is known (measured
+1.7 dB on DRRs of held-out CTs). When no lung fields are found, a spacing still frames the image
+physically (centred); without either, the whole image is padded to a square, and the report says so.
 """
 
 from __future__ import annotations
@@ -113,6 +118,18 @@ def patient_plane_spacing(rg: Radiograph) -> tuple[float | None, str | None]:
     return sp, source
 
 
+def trusted_spacing(rg: Radiograph) -> bool:
+    """Whether the patient-plane spacing is measured, not assumed: a spacing already in the patient's
+    plane, or a detector spacing whose magnification the file's source distances give."""
+    if rg.pixel_spacing_mm is None:
+        return False
+    if rg.meta.get("spacing_source") in PATIENT_PLANE_SOURCES:
+        return True
+    sid = rg.meta.get("distance_source_to_detector_mm")
+    sod = rg.meta.get("distance_source_to_patient_mm")
+    return bool(sid and sod and sid > sod > 0)
+
+
 def lung_bbox(prob: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
     """Edges (top, left, bottom, right) of the two largest lung-field components, or None.
 
@@ -202,8 +219,8 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
                  ) -> tuple[np.ndarray, np.ndarray, Framing]:
     """[2, P, P] framed views in [0, 1], the [2] view mask and how they were framed.
 
-    ``mode``: "auto" (lung fields, else pixel spacing, else the whole image) or "none" (the whole
-    image padded to a square, as the views were prepared before framing existed).
+    ``mode``: "auto" (a trusted pixel spacing, else the lung fields, else an assumed spacing, else the
+    whole image) or "none" (the whole image padded to a square).
     """
     if mode not in ("auto", "none"):
         raise ValueError(f"framing must be 'auto' or 'none', not {mode!r}")
@@ -222,9 +239,12 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
         spacing, spacing_source = patient_plane_spacing(rg)
         box = None
         hint = None if name == "frontal" else frontal_height
-        if mode == "auto" and segmenter is not None and (name == "frontal" or hint is not None):
+        physical = mode == "auto" and spacing is not None and trusted_spacing(rg)
+        if not physical and mode == "auto" and segmenter is not None and (name == "frontal" or hint is not None):
             box = _find_lungs(pixels, segmenter, TRAINING_FRAME_PIXELS, hint)
-        if box is not None:
+        if physical:
+            center, scale, method = (pixels.shape[0] / 2, pixels.shape[1] / 2), iso_mm_per_px / spacing, "pixel-spacing"
+        elif box is not None:
             center, scale = _frame_from_bbox(box, hint)
             scale /= scale_to_training
             method = "lung-fields"
@@ -238,10 +258,14 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
                                         spacing, spacing_source)
         if name == "frontal" and box is not None:
             frontal_height = (box[2] - box[0]) / (scale * scale_to_training)
+        elif name == "frontal" and physical and segmenter is not None and lateral is not None:
+            framed_box = lung_bbox(segmenter.probabilities(views[i]))  # the lateral's height hint
+            if framed_box is not None:
+                frontal_height = (framed_box[2] - framed_box[0]) / scale_to_training
         if mode == "auto" and name == "frontal" and segmenter is not None and looks_inverted(pixels, segmenter):
             framing.warnings.append("frontal: the image looks inverted (lungs bright, bones dark); check its "
                                     "photometric interpretation (DICOM MONOCHROME1/2) or how it was exported")
-        if mode == "auto" and method != "lung-fields":
+        if mode == "auto" and method != "lung-fields" and not physical:
             framing.warnings.append(f"{name}: no lung fields found; framed by "
                                     f"{'the pixel spacing' if method == 'pixel-spacing' else 'the whole image'}")
     _size(framing, frontal, data, thorax_width_mm, iso_mm_per_px)
@@ -255,7 +279,10 @@ def _size(framing: Framing, frontal: Radiograph, data: DataConfig, thorax_width_
     if f.method != "lung-fields":
         framing.size_factor, framing.size_source = 1.0, "training geometry (not framed by the lung fields)"
         if f.method == "pixel-spacing":
-            framing.size_source = "training geometry (framed by the pixel spacing)"
+            framing.size_source = f"the patient's own: framed physically by the pixel spacing ({f.spacing_source})"
+            if thorax_width_mm is not None:
+                framing.warnings.append("--thorax-width-mm was not used: the frontal view's pixel spacing "
+                                        "gives the patient's size")
         return
     width_px = f.lung_bbox_rc[3] - f.lung_bbox_rc[1]
     if thorax_width_mm is not None:
@@ -277,3 +304,23 @@ def _size(framing: Framing, frontal: Radiograph, data: DataConfig, thorax_width_
                                 f"{min(max(factor, lo), hi):.2f} x the training CT")
         factor = min(max(factor, lo), hi)
     framing.size_factor, framing.size_source, framing.thorax_width_mm = float(factor), source, float(width)
+
+
+def model_view_radiographs(views: np.ndarray, view_mask, data: DataConfig) -> tuple[Radiograph, Radiograph | None]:
+    """Views rendered in the model's own projection geometry (DRRs of a CT, a cache's training views)
+    as radiographs that say so: the detector spacing and the source distances `axon drr` writes in
+    its headers. Framing then keeps them exactly as they are (physical framing at scale 1), so the
+    demo and the evaluations feed them through the very path `axon reconstruct` takes."""
+    g = data.geometry
+    meta = {"spacing_source": "model projection geometry", "distance_source_to_detector_mm": g.source_to_detector_mm,
+            "distance_source_to_patient_mm": g.source_to_isocenter_mm}
+    out = []
+    for i, name in enumerate(("frontal", "lateral")):
+        if i >= len(views) or float(view_mask[i]) <= 0:
+            out.append(None)
+            continue
+        out.append(Radiograph(pixels=np.asarray(views[i], np.float32), pixel_spacing_mm=(g.pixel_spacing_mm,) * 2,
+                              view=name, source=f"model-geometry {name} view", meta=dict(meta)))
+    if out[0] is None:
+        raise ValueError("a frontal view is needed")
+    return out[0], out[1]

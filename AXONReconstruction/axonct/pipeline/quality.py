@@ -19,7 +19,7 @@ def input_checks(rec: Reconstruction, framing: Framing, fields) -> dict:
     """What the report says about the inputs and the result's plausibility: how the views were framed,
     whether the reconstruction's lungs lie behind the input's lung fields (Dice per view), and chest
     measures that need no ground truth (`axonct.anatomy`)."""
-    from axonct.anatomy import TYPICAL_ENCLOSED_AIR, chest_metrics
+    from axonct.anatomy import chest_metrics, plausibility_warnings
     from axonct.io.ct_preprocess import unit_to_hu
 
     grid = rec.preset.data.grid
@@ -35,12 +35,7 @@ def input_checks(rec: Reconstruction, framing: Framing, fields) -> dict:
             warnings.append(f"the reconstruction's lungs do not lie behind the {view} radiograph's lung fields "
                             f"(Dice {agreement['dice'][view]:.2f} < {agreement['threshold']}); check the input and "
                             "the framing")
-    lo, hi = TYPICAL_ENCLOSED_AIR
-    if anatomy["enclosed_air_fraction"] < lo / 2:
-        warnings.append(f"the reconstruction holds little lung air ({100 * anatomy['enclosed_air_fraction']:.0f} % of "
-                        f"the body; real chest CTs: {100 * lo:.0f}-{100 * hi:.0f} %)")
-    if not anatomy["air_in_both_halves"]:
-        warnings.append("the reconstruction's lung air is not in both halves of the body")
+    warnings += plausibility_warnings(anatomy)  # open chest wall, one-sided or too little air, a box
     return {"framing": framing.to_dict(), "input_domain": INPUT_DOMAIN_TEXT[rec.preset.coarse.input_domain],
             "lung_fields": agreement, "anatomy": anatomy, "warnings": warnings}
 

@@ -1,5 +1,11 @@
 """The three stages as one reconstruction: radiographs -> Stage I -> Stage II -> Stage III -> HU volume.
 
+`AxonPipeline.__call__` is the one entry point, like a diffusers pipeline: radiographs (files or
+`Radiograph`s) and one `ReconstructOptions` in, one `ReconstructionOutput` out (the volume with its
+geometry, how the views were framed, the checks and warnings). `axon reconstruct`, the Slicer
+worker, `axon demo` and every `axon evaluate` mode call it, so what is measured is what users run.
+`reconstruct` below it is the sampling core on already framed model views.
+
 Progress goes to a callback (`ProgressFn`) with the stage, the step and the running samples as
 separate fields; `work_plan` says in advance how many such units a run has. Turning them into lines
 for a follower, and the cancel check, belong to the application (`axonct.app.protocol`): a callback
@@ -13,7 +19,7 @@ import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
@@ -24,7 +30,11 @@ from axonct.io.ct_preprocess import ModelVolume
 from axonct.errors import AxonInputError
 from axonct.presets import ModelPreset
 from axonct.io.radiograph import Radiograph, read_radiograph
+from axonct.options import ReconstructOptions
 from axonct.runtime import Precision, resolve_precision
+
+if TYPE_CHECKING:
+    from axonct.pipeline.framing import Framing
 
 STAGE_ORDER = ("coarse", "fine", "sr")
 
@@ -81,8 +91,58 @@ class Reconstruction:
                            (0.0, 0.0, 0.0), self.output_grid)
 
 
+@dataclass
+class ReconstructionOutput:
+    """What one call of the pipeline gives: the reconstruction, how its inputs were framed, the
+    lung-field probabilities of the framed views (None without a lung-field network), and the checks
+    a report shows (framing, input domain, lung-field agreement, chest plausibility, warnings)."""
+
+    reconstruction: Reconstruction
+    framing: "Framing"
+    lung_fields: np.ndarray | None
+    checks: dict
+    options: ReconstructOptions
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.checks["warnings"]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.reconstruction.mean
+
+    def volume(self, array: np.ndarray | None = None) -> ModelVolume:
+        """The mean (or another final-grid unit array) with the output's physical geometry."""
+        return self.reconstruction.volume(array)
+
+    def image(self, array: np.ndarray | None = None):
+        """The mean (or another final-grid unit array) as a SimpleITK HU image with its geometry."""
+        return self.volume(array).to_hu_image()
+
+    def std_image(self):
+        """The voxel-wise standard deviation over samples in HU (zeros for one sample), on the same grid."""
+        import SimpleITK as sitk
+
+        rec = self.reconstruction
+        grid = rec.preset.data.grid
+        std = rec.std if rec.std is not None else np.zeros_like(rec.mean)
+        img = sitk.GetImageFromArray((std * (grid.hu_max - grid.hu_min)).astype(np.float32))
+        img.CopyInformation(self.image())
+        return img
+
+
+def consistency_config(options: ReconstructOptions):
+    """The `ConsistencyConfig` the options ask for (None when consistency is off): built here only."""
+    if not options.consistency:
+        return None
+    from axonct.guidance.consistency import ConsistencyConfig
+
+    return ConsistencyConfig(strength=options.consistency_strength)
+
+
 class AxonPipeline:
-    """The three trained stages on one device; `load` reads them from a weights folder."""
+    """The three trained stages on one device; `load` reads them from a weights folder, calling the
+    pipeline reconstructs (`__call__`)."""
 
     def __init__(self, preset: ModelPreset, coarse, fine, sr, device: str | torch.device = "cpu",
                  cards: dict | None = None, precision: str | Precision = "auto", sampling=None):
@@ -128,6 +188,51 @@ class AxonPipeline:
         stages = [build_stage("coarse", preset), prior_stage, build_stage("sr", preset)]
         return cls(preset, *[m.to(device).eval() for m in stages], device=device, precision=precision)
 
+    # ------------------------------------------------------------------ the one entry point
+    def __call__(self, frontal, lateral=None, options: ReconstructOptions | None = None,
+                 progress: ProgressFn | None = None, message: Callable[[str], None] | None = None,
+                 stop_after: str = "sr") -> ReconstructionOutput:
+        """Radiographs -> `ReconstructionOutput`, with the options' defaults exactly as `axon
+        reconstruct` runs them. ``frontal``/``lateral``: paths, `Radiograph`s (e.g. DRRs made by
+        `framing.model_view_radiographs`) or 2-D arrays. ``options.device``/``precision`` are those of
+        the loaded pipeline (`load`) and are not changed here. ``message(text)`` receives the framing
+        summary and each warning; ``stop_after`` cuts the run after a stage (evaluation ablations)."""
+        from axonct.pipeline.quality import framing_summary, input_checks
+
+        opts = (options or ReconstructOptions()).validate()
+        say = message or (lambda text: None)
+        views, mask, frame, fields = self.framed_views(frontal, lateral, opts.framing, opts.thorax_width_mm)
+        say(framing_summary(frame))
+        start = None
+        if opts.start == "template":
+            from axonct.guidance.template_fit import fit_template
+
+            say("fitting the template CT to the input views")
+            start = fit_template(views, mask, self.preset.data, progress=progress).unit
+        guided_fields = fields if (fields is not None and opts.lung_fields and opts.consistency) else None
+        rec = self.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
+                               progress=progress, stop_after=stop_after, consistency=consistency_config(opts),
+                               start=start, fine_strength=opts.fine_strength, lung_fields=guided_fields,
+                               size_factor=frame.size_factor)
+        checks = input_checks(rec, frame, fields)
+        for warning in checks["warnings"]:
+            say(f"warning: {warning}")
+        return ReconstructionOutput(rec, frame, fields, checks, opts)
+
+    def run_plan(self, options: ReconstructOptions | None = None) -> dict[str, int]:
+        """The work units of `__call__` with these options per phase, in order: template fit
+        iterations (``start="template"``), then `work_plan` (calibrations, coarse and fine steps, SR
+        tiles, each x K), so a follower's one progress bar can cover the whole run."""
+        opts = options or ReconstructOptions()
+        plan: dict[str, int] = {}
+        if opts.start == "template":
+            from axonct.guidance.template_fit import AFFINE_ITERS, DEFORM_ITERS
+
+            plan["template"] = AFFINE_ITERS + DEFORM_ITERS
+        plan.update(self.work_plan(opts.steps, opts.samples, consistency=consistency_config(opts),
+                                   start=opts.start == "template", fine_strength=opts.fine_strength))
+        return plan
+
     # ------------------------------------------------------------------ inputs
     def framed_views(self, frontal: str | Path | Radiograph, lateral: str | Path | Radiograph | None = None,
                      framing: str = "auto", thorax_width_mm: float | None = None):
@@ -155,7 +260,7 @@ class AxonPipeline:
                     stop_after: str = "sr", coarse_guidance=None, fine_guidance=None,
                     consistency=None, start=None, fine_strength: float | None = None,
                     batch_size: int | None = None, lung_fields: np.ndarray | None = None,
-                    lung_guidance=None) -> Reconstruction:
+                    lung_guidance=None, size_factor: float = 1.0) -> Reconstruction:
         """``consistency``: a `consistency.ConsistencyConfig` to steer both samplers towards agreement
         with the input views (replaces the guidance arguments). ``start``: an optional [S,S,S] unit
         volume on the final grid (e.g. a template fit) that replaces Stage I's output as Stage II's
@@ -165,7 +270,8 @@ class AxonPipeline:
         change results, and mean/std are accumulated as samples finish: memory does not grow with K.
         ``lung_fields``: [2, P, P] lung-field probabilities of the views; with consistency on, sampling
         also keeps air behind the lung fields and out of the rest (`guidance.lung_fields`), with
-        ``lung_guidance`` (a `LungGuidanceConfig`) or its defaults."""
+        ``lung_guidance`` (a `LungGuidanceConfig`) or its defaults. ``size_factor``: the patient's size
+        relative to the training CT, from framing (the output's voxel size)."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
         if stop_after not in STAGE_ORDER:
@@ -230,7 +336,7 @@ class AxonPipeline:
             std_t = last.std()
             std = (std_t if stop_after == "sr" else to_final_grid(std_t, self.preset.data.grid.size))[0, 0].numpy()
         report = checker.report(mean) if checker is not None else None
-        return Reconstruction(mean, std, cuts, self.preset, views, view_mask, seconds, report)
+        return Reconstruction(mean, std, cuts, self.preset, views, view_mask, seconds, report, float(size_factor))
 
     def work_plan(self, steps: int | None = None, samples: int = 1, consistency=None, start: bool = False,
                   fine_strength: float | None = None, stop_after: str = "sr") -> dict[str, int]:

@@ -18,6 +18,8 @@ from axonct.io.ct import read_ct_with_meta
 from axonct.io.ct_preprocess import ct_to_model
 from axonct.physics.drr import drr_from_unit_volume
 from axonct.tools.compare import compare, flat_metrics, save_comparison_montage
+from axonct.options import ReconstructOptions
+from axonct.pipeline.framing import model_view_radiographs
 from axonct.pipeline.reconstruction import AxonPipeline, to_final_grid
 from axonct.guidance.reprojection import consistency_report
 from axonct.io.sample_data import sample_ct_path
@@ -55,10 +57,10 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     else:
         model_views = robust_unit(drr[:, None])[:, 0].numpy()
     mask = np.ones(2, np.float32)
-    from axonct.guidance.consistency import ConsistencyConfig
-
-    rec = pipe.reconstruct(model_views, mask, steps=steps, seed=seed, progress=progress,
-                           consistency=ConsistencyConfig() if consistency else None)
+    frontal, lateral = model_view_radiographs(model_views, mask, data)  # with their geometry, like `axon drr`'s
+    options = ReconstructOptions(device=device, precision=precision, steps=steps, seed=seed, consistency=consistency)
+    result = pipe(frontal, lateral, options, progress=progress)  # exactly what `axon reconstruct` runs
+    rec = result.reconstruction
     record = pipe.cards["coarse"]["trained_on"]
     seen = meta.get("patient_id") in record.get("cases", []) or \
         Path(ct_path).name in {Path(s).name for s in record.get("synthetic_from", [])}  # chests made from it
@@ -75,8 +77,11 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     metrics["consistency"] = "on" if consistency else "off"
     metrics["device"] = str(pipe.device)
     metrics["precision"] = pipe.precision.to_dict()
+    metrics["framing"] = result.checks["framing"]
+    metrics["anatomy"] = result.checks["anatomy"]
+    metrics["warnings"] = result.warnings
     with outputs:  # written beside whatever the folder holds; all appear together
-        write_volume(rec.volume().to_hu_image(), out / "reconstruction.nrrd", outputs=outputs)
+        write_volume(result.image(), out / "reconstruction.nrrd", outputs=outputs)
         write_volume(truth.to_hu_image(), out / "ground_truth_model_grid.nrrd", outputs=outputs)
         from PIL import Image
 

@@ -7,6 +7,7 @@ atlas over a split, and writes cases.csv, summary.json/.md and montages.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,8 +37,9 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     (if trained), the template fit alone, and the pipeline without and with reprojection consistency,
     each cut after every stage. Columns: PSNR/SSIM in both conventions, MAE, and the DRR residuals
     on the input views and on a held-out oblique view. Writes cases.csv, summary.json and montages."""
-    from axonct.guidance.consistency import ConsistencyConfig
     from axonct.data.datasets import Augmentation, BatchMaker, CTCache
+    from axonct.options import ReconstructOptions
+    from axonct.pipeline.framing import model_view_radiographs
     from axonct.pipeline.reconstruction import AxonPipeline, to_final_grid
     from axonct.physics.xray_realism import RealismConfig
 
@@ -68,10 +70,12 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     for name in ["cases.csv", "summary.json", "summary.md"] + [f"montages/{case}.png" for case in ids]:
         outputs.file(out / name)
     outputs.check(len(ids) * (2 << 20) + (1 << 20))
-    variants = [("AXON", None)]
-    if ablation or consistency_strength > 0:
-        variants = ([("AXON (no consistency)", None)] if ablation else []) + \
-                   [("AXON + consistency", ConsistencyConfig(strength=consistency_strength))]
+    default = ReconstructOptions(steps=steps, fine_strength=fine_strength,  # what `axon reconstruct` runs
+                                 consistency_strength=consistency_strength, consistency=consistency_strength > 0)
+    variants = [("AXON + consistency" if default.consistency else "AXON", default)]
+    if ablation:
+        variants = [("AXON (no consistency)", dataclasses.replace(default, consistency=False))] + \
+                   ([("AXON + consistency", default)] if default.consistency else [])
     rows = []
     for n, case in enumerate(ids):
         gen = torch.Generator().manual_seed(seed + n)
@@ -90,9 +94,10 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
             from axonct.guidance.template_fit import fit_template
 
             preds["template fit"] = fit_template(v, mask, preset.data, seed=seed + n).unit
-        for name, cfg in variants:
-            rec = pipeline.reconstruct(v, mask, steps=steps, seed=seed + n, progress=progress, consistency=cfg,
-                                       fine_strength=fine_strength)
+        frontal, lateral_view = model_view_radiographs(v, mask, preset.data)
+        for name, options in variants:
+            rec = pipeline(frontal, lateral_view, dataclasses.replace(options, seed=seed + n),
+                           progress=progress).reconstruction
             for cut, label in (("coarse", "stage I"), ("fine", "stages I+II")):
                 t = torch.from_numpy(rec.cuts[cut])[None, None]
                 preds[f"{name}, {label}"] = to_final_grid(t, grid.size)[0, 0].numpy()

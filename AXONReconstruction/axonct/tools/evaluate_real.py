@@ -49,10 +49,9 @@ def evaluate_radiographs(inputs: list[str | Path], weights: str | Path | None, o
                          overwrite: bool = False, progress=None, log=print) -> dict:
     """One reconstruction per frontal radiograph, with consistency; a file that cannot be read is a
     row with its error, not the end of the run."""
-    from axonct.guidance.consistency import ConsistencyConfig
     from axonct.guidance.reprojection import consistency_report
+    from axonct.options import ReconstructOptions
     from axonct.pipeline.loading import default_weights_dir
-    from axonct.pipeline.quality import input_checks
     from axonct.pipeline.reconstruction import AxonPipeline
     from axonct.runtime import resolve_device
 
@@ -67,21 +66,20 @@ def evaluate_radiographs(inputs: list[str | Path], weights: str | Path | None, o
     outputs.check(len(files) * (1 << 20) + (1 << 20))
     rows, tiles = [], []
     for n, path in enumerate(files):
+        options = ReconstructOptions(steps=steps, seed=seed + n, consistency_strength=consistency_strength,
+                                     lung_fields=lung_fields, framing=framing)
         try:
-            views, mask, frame, fields = pipeline.framed_views(path, None, framing)
+            result = pipeline(path, None, options, progress=progress)
         except AxonInputError as exc:
             log(f"skipped: {exc}")
-            rows.append({"file": path.name, "status": f"error: {exc}"})
+            rows.append({"file": path.name, "path": str(path), "status": f"error: {exc}"})
             continue
-        extra = {"lung_fields": fields} if (fields is not None and lung_fields) else {}
-        rec = pipeline.reconstruct(views, mask, steps=steps, seed=seed + n, progress=progress,
-                                   consistency=ConsistencyConfig(strength=consistency_strength), **extra)
-        rec.size_factor = frame.size_factor
-        checks = input_checks(rec, frame, fields)
+        rec, frame, fields, checks = result.reconstruction, result.framing, result.lung_fields, result.checks
+        views, mask = rec.views, rec.view_mask
         reproj = consistency_report(rec.mean, pipeline.preset.data.grid, pipeline.preset.data, views, mask)["frontal"]
         a = checks["anatomy"]
         dice = (checks["lung_fields"] or {}).get("dice", {}).get("frontal")
-        rows.append({"file": path.name, "status": "ok", "framing": frame.views["frontal"].method,
+        rows.append({"file": path.name, "path": str(path), "status": "ok", "framing": frame.views["frontal"].method,
                      "size_factor": round(frame.size_factor, 3), "size_source": frame.size_source,
                      "lung_air_ml": a["enclosed_air_ml"], "lung_air_fraction": a["enclosed_air_fraction"],
                      "lung_left_share": a["air_left_share"], "lung_field_dice": dice,
