@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 
@@ -12,3 +15,25 @@ class AxonInputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def refuse_special_path(path: str | Path, what: str = "input") -> None:
+    """Refuse, with the true reason, a path that is not a regular file or folder: a FIFO (reading it
+    would wait forever), a device such as /dev/zero (endless), a socket, a symbolic link that loops,
+    or one that cannot be examined. A missing path passes: the caller says what it expected there."""
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AxonInputError(p, "is a symbolic link that loops back on itself") from None
+        raise AxonInputError(p, f"cannot be examined ({exc.strerror or exc})") from None
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise AxonInputError(p, f"is {kind}, not a file; give the {what} file itself")

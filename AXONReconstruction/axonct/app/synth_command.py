@@ -28,8 +28,12 @@ def add_synth_arguments(parser) -> None:
     parser.add_argument("--fov-probability", type=float, default=None, help="chance of a circular FOV cut")
     parser.add_argument("--z-extent-probability", type=float, default=None,
                         help="chance of a scan limited to the lungs plus a margin")
-    parser.add_argument("--gallery", default=None, help="also write a PNG gallery of the first cases")
+    parser.add_argument("--gallery", default=None,
+                        help="also write a gallery of the first cases (.png or .jpg; never over a file AXON did "
+                             "not write)")
     parser.add_argument("--gallery-count", type=int, default=6)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a gallery an earlier AXON run wrote at the same name")
 
 
 def run_synth(args) -> int:
@@ -53,13 +57,29 @@ def run_synth(args) -> int:
     for p in (args.ct, args.labels, args.structures):
         if p and not Path(p).exists():
             raise AxonInputError(p, "does not exist")
+    gallery = _plan_gallery(args)  # checked before any chest is made: a user's file there is refused
     manifest = write_synthetic_cache(args.out, cfg, args.count, args.seed, split=args.split, anatomy=anatomy,
                                      ct_path=args.ct, labels_path=args.labels, structures_path=args.structures,
                                      disjoint_from=args.disjoint_from, progress=True)
     print(f"{len(manifest['cases'])} synthetic cases in {args.out} (split {args.split}, set seed {args.seed})")
-    if args.gallery:
+    if gallery is not None:
         from axonct.tools.gallery import save_gallery
 
-        save_gallery(args.out, args.gallery, n=args.gallery_count)
+        with gallery:
+            save_gallery(args.out, gallery.path(args.gallery), n=args.gallery_count)
         print(f"gallery: {args.gallery}")
     return 0
+
+
+def _plan_gallery(args):
+    """The gallery under the output policy (`Outputs`), or None without --gallery."""
+    if not args.gallery:
+        return None
+    from axonct.io.montage import montage_format
+    from axonct.io.output_policy import Outputs
+
+    montage_format(args.gallery)
+    outputs = Outputs("synth", overwrite=args.overwrite)
+    outputs.file(args.gallery)
+    outputs.check(16 << 20)
+    return outputs

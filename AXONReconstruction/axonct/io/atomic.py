@@ -32,10 +32,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = partial_name(path)
     try:
         yield tmp
+        _usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _usual_mode(path: Path) -> None:
+    """Give a finished file the mode a plain ``open`` would (0666 less the umask): some writers
+    (safetensors, mkstemp-based ones) create private 0600 files, which other users of a shared
+    weights folder then cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~mask)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from axonct.errors import AxonInputError
+from axonct.errors import AxonInputError, refuse_special_path
 from axonct.io.volume_integrity import check_not_truncated, parse_nifti_header
 
 MIN_SLICES = 8
@@ -458,6 +458,7 @@ def read_ct_with_meta(path: str | Path, hu_offset: float = 0.0) -> tuple[sitk.Im
     path = Path(path)
     if not math.isfinite(hu_offset):
         raise AxonInputError(None, f"--hu-offset must be a finite number (got {hu_offset})")
+    refuse_special_path(path, "CT")
     if not path.exists():
         raise AxonInputError(path, "does not exist")
     meta: dict = {"source_path": str(path)}

@@ -27,8 +27,22 @@ def orthogonal_slices(cube: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+MONTAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def montage_format(path: str | Path) -> str:
+    """The image format a montage's name asks for; other names are refused (a JPEG name holding PNG
+    data fools every viewer that trusts the extension)."""
+    from axonct.errors import AxonInputError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in MONTAGE_FORMATS:
+        raise AxonInputError(path, "a montage is written as .png or .jpg; choose one of those names")
+    return MONTAGE_FORMATS[suffix]
+
+
 def save_montage(rows: list[list[tuple[str, np.ndarray]]], path: str | Path, tile: int = 192) -> Path:
-    """Grid of labelled uint8 tiles; each row is a list of (label, image)."""
+    """Grid of labelled uint8 tiles; each row is a list of (label, image). PNG or JPEG by the name."""
     ncols = max(len(r) for r in rows)
     label_h = 16
     canvas = Image.new("L", (ncols * tile, len(rows) * (tile + label_h)), 0)
@@ -41,6 +55,7 @@ def save_montage(rows: list[list[tuple[str, np.ndarray]]], path: str | Path, til
             canvas.paste(im, (j * tile, top + label_h))
             draw.text((j * tile + 3, top + 2), label, fill=255)
     path = Path(path)
+    fmt = montage_format(path)
     with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
+        canvas.save(tmp, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     return path

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from axonct.config import VIEWS
-from axonct.errors import AxonInputError
+from axonct.errors import AxonInputError, refuse_special_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic", ".ima")
@@ -86,6 +86,7 @@ def read_radiograph(path: str | Path, view: str | None = None, *, invert: bool =
     if view is not None and view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS} or None, not {view!r}")
     p = Path(path)
+    refuse_special_path(p, "radiograph")
     if not p.exists():
         raise AxonInputError(p, "file does not exist")
     if p.is_dir():

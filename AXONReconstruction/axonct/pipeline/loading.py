@@ -47,12 +47,15 @@ class SamplingDefaults:
             raise AxonInputError(path, f"is not readable JSON ({exc})") from None
         if not isinstance(d, dict) or set(d) != {"coarse_steps", "fine_steps", "fine_strength"}:
             raise AxonInputError(path, "must hold exactly coarse_steps, fine_steps and fine_strength")
-        steps_ok = all(isinstance(d[k], int) and not isinstance(d[k], bool) and d[k] >= 1
+        limits = {"coarse_steps": preset.coarse.num_train_timesteps, "fine_steps": preset.prior.num_train_timesteps}
+        steps_ok = all(isinstance(d[k], int) and not isinstance(d[k], bool) and 1 <= d[k] <= limits[k]
                        for k in ("coarse_steps", "fine_steps"))
         s = d["fine_strength"]
         if not steps_ok or not (isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
                                 and 0.0 <= s <= 1.0):
-            raise AxonInputError(path, "needs whole steps >= 1 and a fine_strength from 0 to 1")
+            raise AxonInputError(path, f"needs whole steps from 1 to the weights' training timesteps "
+                                       f"({limits['coarse_steps']} coarse, {limits['fine_steps']} fine) and a "
+                                       "fine_strength from 0 to 1")
         return cls(d["coarse_steps"], d["fine_steps"], float(s))
 
     def to_dict(self) -> dict:

@@ -274,6 +274,7 @@ class AxonPipeline:
         relative to the training CT, from framing (the output's voxel size)."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
+        self.check_steps(steps)
         if stop_after not in STAGE_ORDER:
             raise ValueError(f"stop_after must be one of {STAGE_ORDER}")
         progress = _progress_callback(progress)
@@ -344,6 +345,7 @@ class AxonPipeline:
         phase in run order: ``calibration`` (one per sample and guided stage, when ``consistency`` has a
         strength above 0), ``coarse`` and ``fine`` sampling steps x samples (no ``coarse`` when a
         ``start`` volume replaces Stage I), ``sr`` tiles x samples. Independent of the batching."""
+        self.check_steps(steps)
         coarse_steps = int(steps or self.sampling.coarse_steps)
         fine_steps = int(steps or self.sampling.fine_steps)
         fine_strength = self.sampling.fine_strength if fine_strength is None else fine_strength
@@ -361,6 +363,15 @@ class AxonPipeline:
             size = self.preset.data.diffusion_grid(self.preset.sr.factor).size
             plan["sr"] = samples * tile_count(self.sr, (size, size, size))
         return plan
+
+    def check_steps(self, steps: int | None) -> None:
+        """Refuse more sampling steps than a stage has training timesteps (a scheduler cannot visit more)."""
+        if steps is None:
+            return
+        limit = min(int(self.coarse.scheduler.num_train_timesteps), int(self.fine.schedule.num_train_timesteps))
+        if not 1 <= int(steps) <= limit:
+            raise AxonInputError(None, f"--steps must be from 1 to {limit}, the weights' training timesteps "
+                                       f"(got {steps})")
 
     def _sample_batch(self, samples: int, batch_size: int | None) -> int:
         if batch_size is not None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from axonct.config import VolumeGrid
 from axonct.errors import AxonInputError
 from axonct.io.ct_preprocess import body_mask, ct_to_model, hu_to_unit, unit_to_hu
-from axonct.io.montage import orthogonal_slices, save_montage
+from axonct.io.montage import montage_format, orthogonal_slices, save_montage
 from axonct.io.output_policy import Outputs
 from axonct.metrics import psnr, ssim
 
@@ -247,6 +247,7 @@ def evaluate_files(pred: str | Path, gt: str | Path, montage: str | Path | None 
 
     outputs = Outputs("evaluate", overwrite=overwrite)
     if montage:
+        montage_format(montage)  # a name the montage can be written under, before any compute
         outputs.file(montage)
         outputs.check(4 << 20)
     aligned = align_ground_truth(read_ct(pred), read_ct(gt, hu_offset=hu_offset), sources=(pred, gt))
