@@ -190,3 +190,23 @@ def test_sampling_fields_do_not_block_loading():
     with pytest.raises(ValueError, match="input_domain"):
         d["coarse"]["input_domain"] = "raw"
         ModelPreset.from_dict(d)
+
+
+def test_notes_of_the_reader_and_a_missing_lung_field_network_are_warnings(reference):
+    image, _ = reference
+    rg = Radiograph(image[0], view="frontal", meta={"input_notes": ["its PatientAge 000Y is a placeholder"]})
+    _, _, framing = fr.frame_inputs(rg, None, DATA, None)
+    assert "frontal: its PatientAge 000Y is a placeholder" in framing.warnings
+    assert any(w.startswith("frontal: the weights have no lung-field network") for w in framing.warnings)
+    assert not any("no lung fields found" in w for w in framing.warnings)
+
+
+def test_the_same_image_as_frontal_and_lateral_is_refused(tiny_weights, frontal, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "reconstruct", "--frontal", str(frontal),
+                           "--lateral", str(frontal), "--out", str(tmp_path / "r.nrrd"), "--weights", str(tiny_weights),
+                           "--device", "cpu", "--precision", "fp32"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "is the same image as the frontal view" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "r.nrrd").exists()

@@ -343,3 +343,15 @@ def test_itk_radiograph_spacing_is_kept_but_a_default_1mm_is_unknown(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "default.nrrd"))
     rg = read_radiograph(tmp_path / "default.nrrd")
     assert rg.pixel_spacing_mm is None and "default" in rg.meta["spacing_note"]
+
+
+def test_unusable_spacing_and_a_placeholder_age_are_noted_not_dropped_silently(small_ds, tmp_path):
+    path = write_dicom(small_ds, tmp_path, "placeholders.dcm", PatientAge="000Y", PixelSpacing=[0, 0],
+                       ImagerPixelSpacing=[-0.1, -0.1])
+    rg = read_radiograph(path)
+    assert rg.pixel_spacing_mm is None and rg.meta["patient_age_years"] is None  # not sized as a newborn
+    notes = " | ".join(rg.meta["input_notes"])
+    assert "PatientAge 000Y is a placeholder" in notes
+    assert "PixelSpacing (0 x 0 mm) is unusable" in notes and "ImagerPixelSpacing (-0.1 x -0.1 mm)" in notes
+    child = read_radiograph(write_dicom(small_ds, tmp_path, "child.dcm", PatientAge="006Y"))
+    assert child.meta["patient_age_years"] == 6 and not any("PatientAge" in n for n in child.meta["input_notes"])

@@ -208,6 +208,7 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         "patient_age_years": patient_age_years(ds.get("PatientAge")),
         **view_meta,
     }
+    meta["input_notes"] = _age_notes(ds.get("PatientAge"), meta)
 
     grey = _monochrome_display(p, ds, arr, meta, is_mono=photometric.startswith("MONOCHROME"))
 
@@ -322,6 +323,12 @@ def _dicom_spacing(ds, meta: dict) -> tuple[float, float] | None:
     """Spacing in the patient plane when the file allows it; 0 or missing means unknown."""
     ps = _pair_or_none(ds.get("PixelSpacing"))
     ips = _pair_or_none(ds.get("ImagerPixelSpacing"))
+    notes = meta.setdefault("input_notes", [])
+    for keyword, pair in (("PixelSpacing", ps), ("ImagerPixelSpacing", ips)):
+        raw = ds.get(keyword)
+        if raw is not None and pair is None and str(raw).strip() not in ("", "[]"):
+            notes.append(f"its {keyword} ({_spacing_text(raw)}) is unusable (zero, negative or not a number); the "
+                         "pixel size is treated as unknown")
     meta["imager_pixel_spacing_mm"] = ips
     mag = _float_or_none(ds.get("EstimatedRadiographicMagnificationFactor"))
     meta["magnification"] = mag if mag and mag > 0 else None
@@ -753,6 +760,27 @@ def _pair_or_none(v) -> tuple[float, float] | None:
     if len(vals) != 2 or any(x is None or x <= 0 for x in vals):
         return None
     return (float(vals[0]), float(vals[1]))
+
+
+def _spacing_text(raw) -> str:
+    values = list(raw) if hasattr(raw, "__len__") and not isinstance(raw, (str, bytes)) else [raw]
+    as_float = [_float_or_none(v) for v in values]
+    return " x ".join(f"{f:g}" if f is not None else repr(str(v)) for f, v in zip(as_float, values)) + " mm"
+
+
+AGE_PLACEHOLDERS = {"000Y"}
+"""PatientAge values that mean "not recorded" in practice, not a newborn (a newborn's age is given
+in days or weeks)."""
+
+
+def _age_notes(raw, meta: dict) -> list[str]:
+    """Drops a placeholder PatientAge from ``meta`` (it would size an adult as a newborn) and says so."""
+    text = str(raw or "").strip().upper()
+    if text in AGE_PLACEHOLDERS:
+        meta["patient_age_years"] = None
+        return [f"its PatientAge {text} is a placeholder, not an age; the patient is taken as an adult unless the "
+                "file has a pixel spacing or --thorax-width-mm is given"]
+    return []
 
 
 def patient_age_years(value) -> float | None:

@@ -266,8 +266,10 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
             framing.warnings.append("frontal: the image looks inverted (lungs bright, bones dark); check its "
                                     "photometric interpretation (DICOM MONOCHROME1/2) or how it was exported")
         if mode == "auto" and method != "lung-fields" and not physical:
-            framing.warnings.append(f"{name}: no lung fields found; framed by "
+            why = "the weights have no lung-field network" if segmenter is None else "no lung fields found"
+            framing.warnings.append(f"{name}: {why}; framed by "
                                     f"{'the pixel spacing' if method == 'pixel-spacing' else 'the whole image'}")
+        framing.warnings += [f"{name}: {note}" for note in rg.meta.get("input_notes", [])]
     _size(framing, frontal, data, thorax_width_mm, iso_mm_per_px)
     return views, mask, framing
 

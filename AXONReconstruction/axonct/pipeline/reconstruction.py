@@ -201,6 +201,10 @@ class AxonPipeline:
 
         opts = (options or ReconstructOptions()).validate()
         say = message or (lambda text: None)
+        frontal, lateral = _as_radiograph(frontal, "frontal"), _as_radiograph(lateral, "lateral")
+        if lateral is not None and np.array_equal(frontal.pixels, lateral.pixels):
+            raise AxonInputError(lateral.source or None, "is the same image as the frontal view; give the lateral "
+                                                         "radiograph, or leave the lateral out")
         views, mask, frame, fields = self.framed_views(frontal, lateral, opts.framing, opts.thorax_width_mm)
         say(framing_summary(frame))
         start = None
