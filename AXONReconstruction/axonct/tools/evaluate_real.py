@@ -83,6 +83,7 @@ def evaluate_radiographs(inputs: list[str | Path], weights: str | Path | None, o
                      "size_factor": round(frame.size_factor, 3), "size_source": frame.size_source,
                      "lung_air_ml": a["enclosed_air_ml"], "lung_air_fraction": a["enclosed_air_fraction"],
                      "lung_left_share": a["air_left_share"], "lung_field_dice": dice,
+                     "open_wall_air_fraction": a["open_wall_air_fraction"], "plausible": a["plausible"],
                      "body_box_fill": a["body_box_fill"], "streak_ratio_frontal": a["ray_streak_ratio"]["frontal"],
                      "reprojection_correlation": reproj.get("correlation"), "reprojection_psnr_db": reproj.get("psnr_db"),
                      "reprojection_ssim": reproj.get("ssim"), "warnings": " | ".join(checks["warnings"])})
@@ -94,8 +95,9 @@ def evaluate_radiographs(inputs: list[str | Path], weights: str | Path | None, o
                "precision": pipeline.precision.to_dict(), "consistency_strength": consistency_strength,
                "lung_fields_guidance": lung_fields, "framing": framing,
                "note": "no ground truth: plausibility and agreement with the radiographs, not accuracy"}
-    for key in ("lung_air_fraction", "lung_left_share", "lung_field_dice", "body_box_fill", "streak_ratio_frontal",
-                "reprojection_correlation"):
+    summary["plausible"] = sum(bool(r.get("plausible")) for r in ok)
+    for key in ("lung_air_fraction", "lung_left_share", "open_wall_air_fraction", "lung_field_dice", "body_box_fill",
+                "streak_ratio_frontal", "reprojection_correlation"):
         values = [r[key] for r in ok if isinstance(r.get(key), (int, float))]
         summary[f"median_{key}"] = round(float(np.median(values)), 4) if values else None
     summary["cases"] = rows
