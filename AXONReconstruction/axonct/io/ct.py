@@ -404,6 +404,45 @@ def _air_fraction(a: np.ndarray, offset: float = 0.0) -> float:
     return float(np.count_nonzero(a < AIR_BELOW_HU - offset)) / max(1, a.size)
 
 
+PADDING_MIN_FRACTION = 0.01
+PADDING_GAP = 100.0
+"""Padding outside a scanner's reconstruction circle: one constant value, the volume's lowest, on at
+least 1 % of the voxels and at least 100 below every scanned value (-2000, -3024, -32768 ...)."""
+
+
+def _scanned_values(a: np.ndarray) -> np.ndarray:
+    """The voxels inside the scanned field (padding left out), where Hounsfield units are judged: a
+    padding ring counted as air let a CT stored as HU+1024 pass the check."""
+    low = float(a.min())
+    pad = a == low
+    if np.count_nonzero(pad) < PADDING_MIN_FRACTION * a.size:
+        return np.asarray(a).ravel()
+    rest = a[~pad]
+    if rest.size == 0 or float(rest.min()) < low + PADDING_GAP:
+        return np.asarray(a).ravel()
+    return rest
+
+
+MAX_STORED_VALUE = 32767.0
+SPACING_RANGE_MM = (0.05, 20.0)
+MAX_EXTENT_MM = 2000.0
+"""What a CT can physically be: voxels from 0.05 mm (micro-CT) to 20 mm, no side longer than 2 m,
+values within the 16-bit range scanners store."""
+
+
+def _check_geometry(image: sitk.Image, path: Path) -> None:
+    """Refuse spacings and extents no chest CT has, with the numbers (a 100 mm voxel makes a 12.8 m body)."""
+    spacing, size = image.GetSpacing(), image.GetSize()
+    lo, hi = SPACING_RANGE_MM
+    if not all(np.isfinite(s) and lo <= s <= hi for s in spacing):
+        raise AxonInputError(path, f"has voxels of {' x '.join(f'{s:g}' for s in spacing)} mm; a CT's voxels are "
+                                   f"{lo:g}-{hi:g} mm (check the header's spacing or units)")
+    extent = [n * s for n, s in zip(size, spacing)]
+    if max(extent) > MAX_EXTENT_MM:
+        raise AxonInputError(path, f"spans {' x '.join(f'{e:.0f}' for e in extent)} mm; no CT is larger than "
+                                   f"{MAX_EXTENT_MM:.0f} mm a side (check the header's spacing or units)")
+
+
 def _check_values(image: sitk.Image, path: Path, hu_offset: float = 0.0) -> tuple[sitk.Image, list[str]]:
     """Refuse values that are not Hounsfield units; apply an explicit ``hu_offset`` first if given.
 
@@ -415,9 +454,12 @@ def _check_values(image: sitk.Image, path: Path, hu_offset: float = 0.0) -> tupl
     if not np.isfinite(a).all():
         raise AxonInputError(path, "contains infinite values; cannot use it as a CT")
     lo, hi = float(a.min()), float(a.max())
+    if hi > MAX_STORED_VALUE or lo < -MAX_STORED_VALUE - 1:
+        raise AxonInputError(path, f"has values from {lo:.4g} to {hi:.4g}, beyond the 16-bit range CT scanners store "
+                                   "(-32768 to 32767): not Hounsfield units (scaled, or another quantity)")
     notes = []
     if hu_offset:
-        if _air_fraction(a) >= MIN_AIR_FRACTION:
+        if _air_fraction(_scanned_values(a)) >= MIN_AIR_FRACTION:
             raise AxonInputError(
                 path, f"already has air near -1000 HU (values run from {lo:.4g} to {hi:.4g}); leave out --hu-offset, "
                 "which is only for CTs stored as HU+1024 without their rescale")
@@ -427,18 +469,21 @@ def _check_values(image: sitk.Image, path: Path, hu_offset: float = 0.0) -> tupl
         note = f"added {hu_offset:g} to every value (--hu-offset); values now run from {lo:.4g} to {hi:.4g} HU"
         log.warning("%s: %s", path, note)
         notes.append(note)
-    range_text = f"values run from {lo:.4g} to {hi:.4g}"
+    field = _scanned_values(a)  # padding outside the scan circle is not air
+    if field.size < a.size:
+        lo = float(field.min())
+    range_text = f"values run from {lo:.4g} to {hi:.4g}" + (" inside the scanned field" if field.size < a.size else "")
     if hi < AIR_BELOW_HU or hi - lo < 200:
         raise AxonInputError(
             path,
             f"does not look like a CT in Hounsfield units ({range_text}; "
             "a chest CT has air near -1000 and soft tissue near 0-100)",
         )
-    air = _air_fraction(a)
+    air = _air_fraction(field)
     if air < MIN_AIR_FRACTION:
         problem = (f"does not look like a CT in Hounsfield units: no air ({range_text}, "
                    f"{100 * air:.2g}% of voxels below {AIR_BELOW_HU:g}; a chest CT has air near -1000 HU)")
-        shifted_air = _air_fraction(a, -HU_STORAGE_OFFSET)
+        shifted_air = _air_fraction(field, -HU_STORAGE_OFFSET)
         if not hu_offset and -50 <= lo <= 100 and hi <= 6000 and shifted_air >= MIN_AIR_FRACTION:
             problem += (f"; it looks like HU+1024 stored without its rescale: if it is a CT, "
                         f"rerun with --hu-offset -{HU_STORAGE_OFFSET:g}")
@@ -481,6 +526,7 @@ def read_ct_with_meta(path: str | Path, hu_offset: float = 0.0) -> tuple[sitk.Im
             info = matches[0]
         image, extra = _read_dicom_series(info, where)
         image = _as_3d_float(image, Path(info.folder))
+        _check_geometry(image, Path(info.folder))
         image, notes = _check_values(image, Path(info.folder), hu_offset)
         warnings = extra["warnings"] + notes
         meta.update(
@@ -513,6 +559,7 @@ def read_ct_with_meta(path: str | Path, hu_offset: float = 0.0) -> tuple[sitk.Im
             bad = _nifti_nonfinite(path)
             if bad is not None:
                 raise AxonInputError(path, f"contains {bad} values; cannot use it as a CT")
+        _check_geometry(image, path)
         image, warnings = _check_values(image, path, hu_offset)
         meta.update(
             format=suf.lstrip("."), patient_id=_stem(path), modality="CT", n_slices=image.GetDepth(), warnings=warnings

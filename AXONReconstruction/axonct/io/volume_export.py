@@ -18,6 +18,10 @@ FORMATS = {".nrrd": "nrrd", ".nhdr": "nrrd", ".nii": "nifti", ".nii.gz": "nifti"
 
 
 def output_format(path: str | Path) -> str:
+    if not str(path).strip() or Path(str(path).rstrip("/")).name in ("", ".", ".."):
+        raise AxonInputError(path if str(path).strip() else None,
+                             f"--out {str(path)!r} names no output: give a file (.nrrd, .nii, .nii.gz, .mha) or a "
+                             "new folder name for a DICOM series")
     name = str(path).lower()
     for suffix, fmt in sorted(FORMATS.items(), key=lambda kv: -len(kv[0])):
         if name.endswith(suffix):

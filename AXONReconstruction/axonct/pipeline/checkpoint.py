@@ -63,6 +63,8 @@ def read_card(folder: str | Path, stage: str) -> dict:
         info = json.loads(card.read_text())
     except json.JSONDecodeError as exc:
         raise AxonInputError(card, f"is not valid JSON ({exc})") from exc
+    if not isinstance(info, dict):
+        raise AxonInputError(card, f"is not a weights card: it holds a JSON {type(info).__name__}, not an object")
     if info.get("format_version") != FORMAT_VERSION:
         raise AxonInputError(card, f"has weights format version {info.get('format_version')}, this AXON reads "
                                    f"version {FORMAT_VERSION}; retrain or use a matching AXON release")

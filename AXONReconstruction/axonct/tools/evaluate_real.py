@@ -91,6 +91,9 @@ def evaluate_radiographs(inputs: list[str | Path], weights: str | Path | None, o
         log(f"{path.name}: lung air {a['enclosed_air_fraction']:.1%} of the body, left share "
             f"{a['air_left_share']}, lung-field Dice {dice}")
     ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        first = rows[0]["status"].removeprefix("error: ")
+        raise AxonInputError(None, f"none of the {len(rows)} radiograph(s) could be reconstructed (first: {first})")
     summary = {"files": len(rows), "reconstructed": len(ok), "weights": str(weights), "device": str(pipeline.device),
                "precision": pipeline.precision.to_dict(), "consistency_strength": consistency_strength,
                "lung_fields_guidance": lung_fields, "framing": framing,
