@@ -86,3 +86,43 @@ def test_special_files_are_refused_with_their_true_reason(tmp_path, reason):
     proc = subprocess.run([sys.executable, "-m", "axonct.app.cli", "reconstruct", "--frontal", str(path), "--out",
                            str(tmp_path / "r.nrrd"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and reason in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("when", ["after the last sampling step", "while the outputs are staged"])
+def test_a_cancel_after_the_last_sampling_step_still_wins(tiny_weights, frontal, tmp_path, monkeypatch, when):
+    """Slicer's Cancel (SIGTERM -> the job's stop flag) used to be ignored once sampling was over: the
+    run exited 0 and wrote its outputs, over an earlier run's with --overwrite."""
+    import io
+
+    from axonct.app import reconstruct_job as job
+    from axonct.app.protocol import Cancelled, ProgressLines
+    from axonct.options import ReconstructOptions
+    from axonct.pipeline.reconstruction import AxonPipeline
+
+    out = tmp_path / "r.nrrd"
+    req = job.ReconstructRequest(frontal=str(frontal), out=str(out), weights=str(tiny_weights), overwrite=True,
+                                 options=ReconstructOptions(device="cpu", precision="fp32", steps=2))
+    job.run_reconstruction(req, ProgressLines(stream=io.StringIO()))  # an earlier run's outputs
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    stop = {"now": False}
+    if when == "after the last sampling step":
+        original = AxonPipeline.__call__
+
+        def sample_then_signal(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            stop["now"] = True  # the signal arrives just after the last step
+            return result
+
+        monkeypatch.setattr(AxonPipeline, "__call__", sample_then_signal)
+    else:
+        original_write = job.write_volume
+
+        def write_then_signal(*args, **kwargs):
+            path = original_write(*args, **kwargs)
+            stop["now"] = True  # the signal arrives while the files are being staged
+            return path
+
+        monkeypatch.setattr(job, "write_volume", write_then_signal)
+    with pytest.raises(Cancelled):
+        job.run_reconstruction(req, ProgressLines(stream=io.StringIO(), should_stop=lambda: stop["now"]))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing new, nothing left over

@@ -214,10 +214,15 @@ class ProgressLines:
     def emit(self, event: dict) -> None:
         print(format_line(event), file=self.stream, flush=True)
 
-    def __call__(self, stage: str, step: int, total: int, sample: int | None = None, samples: int | None = None,
-                 batch: int | None = None, phase: str | None = None) -> None:
+    def check_cancelled(self) -> None:
+        """Raise `Cancelled` if the user asked to stop: between steps, and once more after the last
+        step and before the outputs are committed, so a Cancel wins until the last rename."""
         if self.should_stop():
             raise Cancelled()
+
+    def __call__(self, stage: str, step: int, total: int, sample: int | None = None, samples: int | None = None,
+                 batch: int | None = None, phase: str | None = None) -> None:
+        self.check_cancelled()
         now = time.time()
         start = self._t0.setdefault((phase, stage, sample), now)
         done = step + 1

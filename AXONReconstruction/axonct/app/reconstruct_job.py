@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from axonct.errors import AxonInputError
 from axonct.options import ReconstructOptions
 from axonct.io.output_policy import CooperativeSignals, Outputs
@@ -76,7 +75,9 @@ def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict
         progress.message(f"precision {pipeline.precision}")
         emit_plan(req, pipeline, progress)  # the run starts again, on the CPU
         result = pipeline(req.frontal, req.lateral, opts, progress=progress, message=progress.message)
-    return write_outputs(result, req, weights, pipeline, time.time() - t0, outputs)
+    progress.check_cancelled()  # a signal after the last sampling step still cancels
+    return write_outputs(result, req, weights, pipeline, time.time() - t0, outputs,
+                         before_commit=progress.check_cancelled)
 
 
 def emit_plan(req: ReconstructRequest, pipeline: AxonPipeline, progress: ProgressLines) -> dict:
@@ -111,9 +112,10 @@ def plan_outputs(req: ReconstructRequest, preset) -> Outputs:
 
 
 def write_outputs(result: ReconstructionOutput, req: ReconstructRequest, weights: Path, pipeline: AxonPipeline,
-                  seconds: float, outputs: Outputs | None = None) -> dict:
+                  seconds: float, outputs: Outputs | None = None, before_commit=None) -> dict:
     """All outputs or none: staged under temporary names and renamed together; an older file at any of
-    the names (replaced only with --overwrite) survives every failure of this step."""
+    the names (replaced only with --overwrite) survives every failure of this step. ``before_commit()``
+    runs when everything is staged, just before the renames (the cancel check: raising discards all)."""
     rec = result.reconstruction
     volume = result.image()
     files = output_files(req)
@@ -125,6 +127,8 @@ def write_outputs(result: ReconstructionOutput, req: ReconstructRequest, weights
         if "std" in files:
             write_volume(result.std_image(), files["std"], "AXON voxel-wise standard deviation", outputs)
         outputs.path(files["report"]).write_text(json.dumps(report, indent=2))
+        if before_commit is not None:
+            before_commit()
     return report
 
 

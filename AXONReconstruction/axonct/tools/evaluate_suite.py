@@ -214,13 +214,13 @@ class _SuiteRun:
     def ct_case(self, case: SuiteCase, atlas, montage: Path, volumes: dict[str, Path], outputs) -> list[dict]:
         """Every variant and the atlas against the CT; the default runs' volumes are kept (``volumes``,
         staged in ``outputs``) so anyone can score them again or look at them."""
-        from axonct.io.ct import read_ct
-        from axonct.io.ct_preprocess import ModelVolume, hu_to_unit
-        from axonct.tools.compare import (align_ground_truth, flat_metrics, save_comparison_montage,
-                                          score_against_ground_truth)
         import SimpleITK as sitk
 
+        from axonct.io.ct import read_ct
+        from axonct.io.ct_preprocess import ModelVolume, hu_to_unit
         from axonct.io.volume_export import write_volume
+        from axonct.tools.compare import (align_ground_truth, flat_metrics, save_comparison_montage,
+                                          score_against_ground_truth)
         from axonct.tools.drr_export import export_drrs
 
         ct_path = case.files["ct"]
