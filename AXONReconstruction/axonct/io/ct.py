@@ -406,14 +406,18 @@ def _air_fraction(a: np.ndarray, offset: float = 0.0) -> float:
 
 PADDING_MIN_FRACTION = 0.01
 PADDING_GAP = 100.0
-"""Padding outside a scanner's reconstruction circle: one constant value, the volume's lowest, on at
-least 1 % of the voxels and at least 100 below every scanned value (-2000, -3024, -32768 ...)."""
+PADDING_BELOW = -1100.0
+"""Padding outside a scanner's reconstruction circle: one constant value, the volume's lowest, below
+any air (-2000, -3024, -32768 ...), on at least 1 % of the voxels and at least 100 below every scanned
+value. Air clipped to one value (-1024) is not padding."""
 
 
 def _scanned_values(a: np.ndarray) -> np.ndarray:
     """The voxels inside the scanned field (padding left out), where Hounsfield units are judged: a
     padding ring counted as air let a CT stored as HU+1024 pass the check."""
     low = float(a.min())
+    if low > PADDING_BELOW:
+        return np.asarray(a).ravel()
     pad = a == low
     if np.count_nonzero(pad) < PADDING_MIN_FRACTION * a.size:
         return np.asarray(a).ravel()

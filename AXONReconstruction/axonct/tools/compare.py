@@ -247,8 +247,8 @@ def evaluate_files(pred: str | Path, gt: str | Path, montage: str | Path | None 
 
     outputs = Outputs("evaluate", overwrite=overwrite)
     if montage:
-        montage_format(montage)  # a name the montage can be written under, before any compute
-        outputs.file(montage)
+        outputs.file(montage)  # never over a file AXON did not write: said first
+        montage_format(montage)  # and a name the montage can be written under, before any compute
         outputs.check(4 << 20)
     aligned = align_ground_truth(read_ct(pred), read_ct(gt, hu_offset=hu_offset), sources=(pred, gt))
     scored = score_aligned(aligned)

@@ -287,9 +287,14 @@ class _SuiteRun:
             return {**row, "status": f"error: {exc}"}
         frame = result.framing.views["frontal"]
         row.update({"status": "ok", "framing": frame.method, "size_factor": round(result.framing.size_factor, 3)})
-        mask_view = None
+        mask_view, notes = None, []
         if "mask" in case.files:
-            mask_view = radiologist_mask_in_view(case.files["mask"], frame, self.data.geometry.detector_pixels)
+            try:
+                mask_view = radiologist_mask_in_view(case.files["mask"], frame, self.data.geometry.detector_pixels,
+                                                     frontal_rg.shape)
+            except AxonInputError as exc:  # the image was reconstructed; only its Dice is missing
+                self.log(f"{case.id}: {exc}")
+                notes.append(f"mask: {exc}")
         projected = projected_lungs(result, self.data)
         network = None if result.lung_fields is None else result.lung_fields[0] > 0.5
         from axonct.models.lung_fields import dice
@@ -297,7 +302,7 @@ class _SuiteRun:
         row["network_dice"] = None if (mask_view is None or network is None) else round(dice(network, mask_view), 4)
         row["reconstruction_dice"] = None if mask_view is None else round(dice(projected, mask_view), 4)
         row.update(_plausibility(result.checks["anatomy"]))
-        row["warnings"] = " | ".join(result.warnings)
+        row["warnings"] = " | ".join(notes + result.warnings)
         _radiograph_montage(case.id, result, network, mask_view, projected, montage, self.data.grid)
         self.log(f"{case.id}: network Dice {row['network_dice']}, reconstruction Dice {row['reconstruction_dice']}, "
                  f"plausible {row['plausible']}")
@@ -314,16 +319,20 @@ def ct_volume_names(case_id: str) -> dict[str, str]:
             "AXON biplanar from the PNG copies": f"{case_id}_biplanar_png.nrrd"}
 
 
-def radiologist_mask_in_view(mask_path: Path, frame, size: int) -> np.ndarray:
-    """A lung mask PNG (0 background, 1 right lung, 2 left lung; the image's size) carried into the
-    framed view the way the image was, as booleans."""
+def radiologist_mask_in_view(mask_path: Path, frame, size: int, image_shape: tuple[int, int]) -> np.ndarray:
+    """A lung mask PNG (0 background, 1 right lung, 2 left lung; drawn on the original image) carried
+    into the framed view the way the image was, as booleans. ``image_shape``: the radiograph as read
+    (large images are reduced while reading; the mask follows)."""
     from PIL import Image
 
     from axonct.io.radiograph_preprocess import window_image
 
     try:
         with Image.open(mask_path) as im:
-            mask = np.asarray(im.convert("L")) > 0
+            grey = im.convert("L")
+            if grey.size != (image_shape[1], image_shape[0]):
+                grey = grey.resize((image_shape[1], image_shape[0]), Image.NEAREST)
+            mask = np.asarray(grey) > 0
     except (OSError, ValueError) as exc:
         raise AxonInputError(mask_path, f"cannot be read as a mask image ({exc})") from None
     view, _ = window_image(mask.astype(np.float32), frame.center_rc, frame.image_px_per_view_px, size, 0.0)
