@@ -37,3 +37,19 @@ def refuse_special_path(path: str | Path, what: str = "input") -> None:
     for test, kind in _SPECIAL_FILES:
         if test(mode):
             raise AxonInputError(p, f"is {kind}, not a file; give the {what} file itself")
+
+
+def itk_reason(exc: BaseException) -> str:
+    """ITK's multi-line exception text as one readable line: its ``Reason:`` (or the ``ITK ERROR``
+    line without the class and address), never the source file and line it was thrown from."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Reason:"):
+            reason = line.removeprefix("Reason:").strip()
+            detail = next((x for x in lines if x.startswith("ITK ERROR:")), "")
+            detail = detail.split("):", 1)[-1].strip() if detail else ""
+            return f"{detail} ({reason})" if detail else reason
+    for line in lines:
+        if line.startswith("ITK ERROR:"):
+            return line.split("):", 1)[-1].strip()[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]

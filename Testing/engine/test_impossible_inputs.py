@@ -98,3 +98,30 @@ def test_evaluate_real_with_nothing_usable_is_one_line(tmp_path):
     assert proc.returncode == 2 and "none of the 1 radiograph(s) could be reconstructed" in proc.stderr, \
         proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "eval").exists()
+
+
+def test_itk_errors_become_one_line_naming_the_cause(tmp_path):
+    """ITK's errors span lines and name its own source file; a missing .raw was reported as the
+    header being unreadable, after a stray line MetaIO prints itself."""
+    img = sitk.GetImageFromArray(np.zeros((10, 10, 10), np.int16))
+    sitk.WriteImage(img, str(tmp_path / "scan.mhd"))
+    (tmp_path / "scan.raw").unlink()
+    proc = axon("drr", "--ct", tmp_path / "scan.mhd", "--out", tmp_path / "out", "--preset", "tiny")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"axon drr: error: {tmp_path / 'scan.mhd'}: its pixel data file scan.raw is missing (looked for "
+        f"{tmp_path / 'scan.raw'})"], proc.stderr
+    (tmp_path / "garbage.mha").write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4\nElementType = MET_XX\n")
+    proc = axon("drr", "--ct", tmp_path / "garbage.mha", "--out", tmp_path / "out", "--preset", "tiny")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "garbage.mha" in lines[0], proc.stderr
+    assert ".cxx" not in lines[0] and ".hxx" not in lines[0] and "Exception thrown" not in lines[0]
+
+
+def test_itk_reason_keeps_the_cause():
+    from axonct.errors import itk_reason
+
+    text = ("Exception thrown in SimpleITK ImageFileReader_Execute: /build/itkMetaImageIO.cxx:490:\n"
+            "ITK ERROR: MetaImageIO(0x55cf3c495920): File cannot be read: /x/a.mhd for reading.\n"
+            "Reason: Permission denied")
+    assert itk_reason(RuntimeError(text)) == "File cannot be read: /x/a.mhd for reading. (Permission denied)"
+    assert itk_reason(RuntimeError("plain one line")) == "plain one line"

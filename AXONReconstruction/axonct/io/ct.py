@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from axonct.errors import AxonInputError, refuse_special_path
+from axonct.errors import AxonInputError, itk_reason, refuse_special_path
 from axonct.io.volume_integrity import check_not_truncated, parse_nifti_header
 
 MIN_SLICES = 8
@@ -300,7 +300,7 @@ def _read_dicom_series(info: SeriesInfo, where: Path) -> tuple[sitk.Image, dict]
         try:
             image = sitk.ReadImage(slices[0].path, sitk.sitkFloat32)
         except RuntimeError as exc:
-            raise AxonInputError(slices[0].path, f"cannot be read as DICOM ({exc})") from None
+            raise AxonInputError(slices[0].path, f"cannot be read as DICOM ({itk_reason(exc)})") from None
         return image, {"n_slices": image.GetDepth() if image.GetDimension() == 3 else 1, "warnings": notes}
     if len(slices) < MIN_SLICES:
         name = slices[0].path if len(slices) == 1 else info.folder
@@ -326,7 +326,7 @@ def _read_dicom_series(info: SeriesInfo, where: Path) -> tuple[sitk.Image, dict]
         if culprit is not None:
             raise AxonInputError(culprit, "cannot be read as DICOM (pixel data corrupt or truncated)") from None
         raise AxonInputError(
-            info.folder, f"the slices cannot be stacked into one volume (different sizes?): {exc}"
+            info.folder, f"the slices cannot be stacked into one volume (different sizes?): {itk_reason(exc)}"
         ) from None
     spacing = list(image.GetSpacing())
     spacing[2] = z_spacing
@@ -425,6 +425,55 @@ def _scanned_values(a: np.ndarray) -> np.ndarray:
     if rest.size == 0 or float(rest.min()) < low + PADDING_GAP:
         return np.asarray(a).ravel()
     return rest
+
+
+DETACHED_DATA_KEYS = {".mhd": "elementdatafile", ".nhdr": "data file"}
+
+
+def _check_detached_data(path: Path) -> None:
+    """A header whose pixel data lives in another file (.mhd -> .raw, .nhdr -> .raw/.gz): name that
+    file when it is missing, instead of ITK's "cannot read the header" about the header itself."""
+    key = DETACHED_DATA_KEYS.get(_suffix(path))
+    if key is None:
+        return
+    try:
+        text = path.read_text(errors="replace")[:65536]
+    except OSError as exc:
+        raise AxonInputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
+        if sep and name.strip().lower() == key:
+            value = value.strip()
+            if value.upper() in ("LOCAL", "") or value.upper().startswith("LIST"):
+                return  # data in the header itself, or a list ITK resolves
+            data = (path.parent / value.split()[0]) if not Path(value).is_absolute() else Path(value)
+            if not data.exists():
+                raise AxonInputError(path, f"its pixel data file {data.name} is missing (looked for {data})")
+            return
+
+
+class _native_stderr_quiet:
+    """Silence what C++ libraries print on file descriptor 2 (e.g. MetaIO's "Cannot open data file")
+    while one call runs: the error that follows is reported as one line of ours."""
+
+    def __enter__(self):
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        return False
 
 
 MAX_STORED_VALUE = 32767.0
@@ -554,10 +603,12 @@ def read_ct_with_meta(path: str | Path, hu_offset: float = 0.0) -> tuple[sitk.Im
                 + ", ".join(VOLUME_SUFFIXES),
             )
         check_not_truncated(path)  # ITK fills a short .nii.gz with zeros, without an error
+        _check_detached_data(path)
         try:
-            image = sitk.ReadImage(str(path))
+            with _native_stderr_quiet():  # MetaIO prints its own line before ITK raises
+                image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise AxonInputError(path, f"cannot be read as {suf} (corrupt or truncated file: {exc})") from None
+            raise AxonInputError(path, f"cannot be read as {suf} (corrupt or truncated file: {itk_reason(exc)})") from None
         image = _as_3d_float(image, path)
         if suf in (".nii", ".nii.gz"):
             bad = _nifti_nonfinite(path)

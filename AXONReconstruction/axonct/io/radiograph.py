@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from axonct.config import VIEWS
-from axonct.errors import AxonInputError, refuse_special_path
+from axonct.errors import AxonInputError, itk_reason, refuse_special_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic", ".ima")
@@ -800,5 +800,7 @@ def _article(word: str) -> str:
 
 
 def _short(e: Exception) -> str:
+    if "ITK ERROR" in str(e):
+        return itk_reason(e)[:200]
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return msg[:200]
