@@ -56,6 +56,8 @@ STAGE_LABELS = {**PHASE_LABELS, "template_affine": "Template fit (pose)",
 
 REF_UNCERTAINTY = "AXONUncertainty"
 ATTR_REPORT = "AXON.Report"
+HEADER_BYTES = 65536
+"""How much of a radiograph file is read to recognise DICOM or an AXON view-geometry header."""
 RECONSTRUCTION, SAMPLE_CASE = "reconstruction", "sampleCase"
 
 
@@ -198,11 +200,15 @@ class ReconstructionJobs:
     # ------------------------------------------------------------------ reconstruction inputs
     @staticmethod
     def sourceFileForRadiograph(node) -> str | None:
-        """The DICOM file a radiograph node was read from, when it still holds that file's pixels.
+        """The file a radiograph node was read from, when it still holds that file's pixels and the file
+        says more than its pixels: a DICOM file, or an image whose header carries AXON's view geometry
+        (`axon drr`'s NRRDs, the sample case's DRRs).
 
         The engine reads DICOM itself (VOI LUT, MONOCHROME1, pixel spacing, ViewPosition check), and
-        Slicer's volume readers keep the stored values (a MONOCHROME1 CR stays inverted), so an
-        unmodified DICOM radiograph goes to the engine as its file; anything else as its pixels.
+        Slicer's volume readers keep the stored values (a MONOCHROME1 CR stays inverted); an `axon drr`
+        header's source distances let the engine frame the view physically, as `axon reconstruct` does
+        on the same file (a node's pixels alone would be framed by their lung fields). Anything else
+        goes to the engine as its pixels.
         """
         uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
         database = getattr(slicer, "dicomDatabase", None)
@@ -221,8 +227,12 @@ class ReconstructionJobs:
         if not os.path.isfile(path):
             return None
         with open(path, "rb") as f:
-            head = f.read(132)
-        return path if path.lower().endswith((".dcm", ".dicom")) or head[128:132] == b"DICM" else None
+            head = f.read(HEADER_BYTES)
+        if path.lower().endswith((".dcm", ".dicom")) or head[128:132] == b"DICM":
+            return path
+        if path.lower().endswith((".nrrd", ".nhdr", ".mha", ".mhd")) and b"axon_geometry" in head:
+            return path
+        return None
 
     def _radiographFile(self, node, folder: Path, view: str) -> Path:
         source = self.sourceFileForRadiograph(node)

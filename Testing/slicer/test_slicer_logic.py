@@ -414,6 +414,8 @@ def test_sample_case_loads_ct_drrs_and_cr_into_the_scene(scene, tmp_path):
         assert node.GetImageData().GetDimensions()[:2] == (128, 128)
         pixels, _spacing = mrmlio.radiographPixels(node)
         assert pixels.std() > 0
+        # the DRR file goes to the engine as it is: its header's geometry frames it as `axon reconstruct` does
+        assert ReconstructionLogic.sourceFileForRadiograph(node).endswith(f"{view}_realistic.nrrd")
     cr = nodes["cr"]
     assert cr.GetName() == sampledata.CR_NODE and ReconstructionLogic.sourceFileForRadiograph(cr)
     assert any("DRR" in m for m in messages)

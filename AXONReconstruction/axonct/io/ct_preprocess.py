@@ -154,11 +154,14 @@ def _bbox_center_lps(mask: sitk.Image) -> tuple[float, float, float]:
 
 
 def _antialias(image: sitk.Image, out_spacing: float) -> sitk.Image:
-    """Gaussian pre-smoothing along each axis that is being downsampled.
+    return antialias(image, (out_spacing,) * image.GetDimension())
 
-    sigma = (out/in - 1)/2 input voxels (the usual anti-alias choice), i.e. (out - in)/2 mm.
+
+def antialias(image: sitk.Image, out_spacing) -> sitk.Image:
+    """Gaussian pre-smoothing along each axis that is being downsampled to ``out_spacing`` (mm per
+    image axis): sigma = (out/in - 1)/2 input voxels (the usual anti-alias choice), i.e. (out - in)/2 mm.
     """
-    sig = [max(0.0, (out_spacing - s) / 2.0) for s in image.GetSpacing()]
+    sig = [max(0.0, (float(o) - s) / 2.0) for o, s in zip(out_spacing, image.GetSpacing())]
     if max(sig) < 1e-6:
         return image
     f = sitk.DiscreteGaussianImageFilter()

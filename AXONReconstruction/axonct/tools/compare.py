@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from axonct.config import VolumeGrid
 from axonct.errors import AxonInputError
-from axonct.io.ct_preprocess import body_mask, ct_to_model, hu_to_unit, unit_to_hu
+from axonct.io.ct_preprocess import antialias, body_mask, ct_to_model, hu_to_unit, unit_to_hu
 from axonct.io.montage import montage_format, orthogonal_slices, save_montage
 from axonct.io.output_policy import Outputs
 from axonct.metrics import psnr, ssim
@@ -166,15 +166,7 @@ def _antialias_onto(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     d_ref = np.array(reference.GetDirection()).reshape(3, 3)
     ref_spacing = np.array(reference.GetSpacing())
     out = [float(ref_spacing[int(np.argmax(np.abs(d_ref.T @ d_in[:, i])))]) for i in range(3)]
-    sig = [max(0.0, (o - s) / 2.0) for o, s in zip(out, image.GetSpacing())]
-    if max(sig) < 1e-6:
-        return image
-    f = sitk.DiscreteGaussianImageFilter()
-    f.SetVariance([v * v for v in sig])
-    f.SetUseImageSpacing(True)
-    f.SetMaximumKernelWidth(64)
-    f.SetMaximumError(0.01)
-    return f.Execute(image)
+    return antialias(image, out)
 
 
 def grid_of(image: sitk.Image) -> dict:
