@@ -226,7 +226,7 @@ def test_a_failing_commit_restores_every_older_file(tmp_path):
     older = {vol: vol.read_bytes()}
     run = Outputs("reconstruct", overwrite=True)
     run.file(vol), run.file(rep)
-    with pytest.raises(AxonInputError, match="every earlier file was kept"):
+    with pytest.raises(AxonInputError, match="appeared while this run was computing.*nothing of this run was kept"):
         with run:
             run.path(vol).write_bytes(b"new volume")
             run.path(rep).write_bytes(b"new report")
@@ -470,3 +470,66 @@ def test_truncated_resume_file_is_refused(tiny_cache, tmp_path):
                 "--no-progress")
     assert proc.returncode == 2 and "resume.pt" in error_line(proc) and "truncated" in error_line(proc)
     assert_untouched(mine)
+
+
+# ----------------------------------------------------------------------------- races and late signals
+
+
+def test_a_file_created_at_a_new_output_name_during_the_run_is_never_overwritten(tmp_path):
+    """Names are checked before compute and again, without a race, when the files go into place."""
+    target, other = tmp_path / "out" / "frontal.nrrd", tmp_path / "out" / "lateral.nrrd"
+    run = Outputs("drr")
+    run.folder(tmp_path / "out"), run.file(target), run.file(other)
+    with pytest.raises(AxonInputError, match="appeared while this run was computing"):
+        with run:
+            run.path(other).write_bytes(b"ours")
+            run.path(target).write_bytes(b"ours")
+            target.write_bytes(b"someone else's")  # written while this run computed
+    assert target.read_bytes() == b"someone else's" and not other.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_second_run_into_the_same_new_folder_is_refused_not_merged(tmp_path):
+    """Two `axon drr` runs planned into one new folder: the first commits, the second is refused and
+    the first one's files stay as they were (it used to report success after replacing them)."""
+    folder = tmp_path / "drrs"
+    runs = [Outputs("drr"), Outputs("drr")]
+    for run in runs:  # both planned before either wrote anything
+        run.folder(folder), run.file(folder / "frontal.nrrd")
+    with runs[0]:
+        runs[0].path(folder / "frontal.nrrd").write_bytes(b"first")
+    with pytest.raises(AxonInputError, match="appeared while this run was computing"):
+        with runs[1]:
+            runs[1].path(folder / "frontal.nrrd").write_bytes(b"second")
+    assert (folder / "frontal.nrrd").read_bytes() == b"first" and leftovers(tmp_path) == []
+
+
+def test_a_signal_during_the_renames_restores_the_older_set(tmp_path, monkeypatch):
+    """SIGTERM while the files go into place used to exit 143 ("nothing partial was kept") with the new
+    set already in place: now the renames are undone and the older files come back."""
+    import signal
+
+    from axonct.io import output_policy
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    with Outputs("drr") as first:
+        first.path(a).write_text("old a")
+        first.path(b).write_text("old b")
+    older = {a: a.read_bytes(), b: b.read_bytes()}
+    real_replace = os.replace
+
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == a:
+            output_policy._pending.append(signal.SIGTERM)  # as the deferring handler would record it
+
+    monkeypatch.setattr(output_policy.os, "replace", replace_then_signal)
+    run = Outputs("drr", overwrite=True)
+    run.file(a), run.file(b)
+    with pytest.raises(output_policy.Terminated):
+        with run:
+            run.path(a).write_text("new a")
+            run.path(b).write_text("new b")
+    monkeypatch.setattr(output_policy.os, "replace", real_replace)
+    assert_untouched(older)
+    assert leftovers(tmp_path) == [] and output_policy._pending == []

@@ -232,6 +232,7 @@ class Outputs:
         self.retired: list[Path] = []  # earlier AXON outputs this run supersedes (--overwrite only)
         self._staged: dict[Path, Path] = {}
         self._made_dirs: list[Path] = []
+        self._new: dict[Path, bool] = {}  # target -> absent when planned (then it must still be absent at commit)
 
     # -- planning (before any compute)
     def folder(self, path: str | Path) -> Path:
@@ -261,6 +262,7 @@ class Outputs:
                                            f"another output name")
         if path not in self.targets:
             self.targets.append(path)
+            self._new[path] = not (path.exists() or path.is_symlink())
         return path
 
     def retire(self, folder: str | Path, pattern: str) -> None:
@@ -338,18 +340,31 @@ class Outputs:
         with critical():
             try:
                 for target, tmp in self._staged.items():
+                    if self._new.get(target, False):
+                        _claim(target, tmp)  # still absent, or someone else wrote it meanwhile: refused
+                        done.append((target, None))
+                        continue
+                    if written_by_axon(target) is None and (target.exists() or target.is_symlink()):
+                        raise AxonInputError(target, "was changed by someone else while this run was computing; "
+                                                     "AXON never replaces it: nothing of this run was kept")
                     backup = _keep_old(target)
                     done.append((target, backup))
                     os.replace(tmp, target)
                 for old in self.retired:
                     done.append((old, _keep_old(old, move=True)))
-            except BaseException:
+                if _pending:  # a signal during the renames: the cancel wins, the older set comes back
+                    raise _SignalDuringCommit()
+            except BaseException as failure:
                 for target, backup in reversed(done):
                     with contextlib.suppress(OSError):
                         if backup is not None:
                             os.replace(backup, target)  # the older file, back under its name
                         elif target in self._staged and target.is_file():
                             target.unlink()  # a new name this run had just filled
+                if isinstance(failure, _SignalDuringCommit):
+                    signum = _pending.pop()
+                    _pending.clear()
+                    _raise_for(signum)
                 raise
             for _, backup in done:
                 if backup is not None:
@@ -403,6 +418,29 @@ def _no_file_ancestor(folder: Path) -> None:
     anc = _existing_ancestor(folder)
     if anc.exists() and not anc.is_dir():
         raise AxonInputError(anc, f"is a file, so {folder} cannot be created; choose another output location")
+
+
+class _SignalDuringCommit(Exception):
+    """SIGINT/SIGTERM arrived while a commit's renames ran: they are undone, then the signal is raised."""
+
+
+def _claim(target: Path, tmp: Path) -> None:
+    """Put a staged file at a name that was free when the run was planned, without a race: a hard
+    link fails if anything has appeared there since (another program, a second AXON run into the same
+    new folder), so nothing is ever overwritten that this run did not see. Filesystems without hard
+    links fall back to a check and a rename."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise AxonInputError(target, "appeared while this run was computing (another program or a second AXON "
+                                     "run wrote it); AXON never replaces it: nothing of this run was kept") from None
+    except OSError:
+        if target.exists() or target.is_symlink():
+            raise AxonInputError(target, "appeared while this run was computing; AXON never replaces it: nothing "
+                                         "of this run was kept") from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
 
 
 def _keep_old(target: Path, move: bool = False) -> Path | None:
