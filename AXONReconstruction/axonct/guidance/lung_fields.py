@@ -108,16 +108,24 @@ class LungFieldGuidance:
         return u
 
 
+def projected_lung_air(hu: np.ndarray, data) -> np.ndarray:
+    """A reconstruction's enclosed lung air (`anatomy.body_and_air`) projected onto its views the way
+    the lung labels that trained the network were: bool [V, P, P]. ``hu``: the volume on ``data.grid``."""
+    from axonct.anatomy import body_and_air
+    from axonct.models.lung_fields import project_lung_fields
+
+    _, air = body_and_air(np.asarray(hu, np.float32))
+    return project_lung_fields(air, data)
+
+
 def lung_field_agreement(hu: np.ndarray, data, field_probs: np.ndarray, view_mask) -> dict:
     """Dice per present view between the input's lung fields and the reconstruction's enclosed air
     projected the way the lung labels that trained the network were. ``hu``: the volume on
     ``data.grid``; ``field_probs``: (2, P, P)."""
-    from axonct.anatomy import body_and_air
     from axonct.config import VIEWS
-    from axonct.models.lung_fields import dice, project_lung_fields
+    from axonct.models.lung_fields import dice
 
-    _, air = body_and_air(np.asarray(hu, np.float32))
-    projected = project_lung_fields(air, data)
+    projected = projected_lung_air(hu, data)
     out = {}
     for i, name in enumerate(VIEWS):
         if float(view_mask[i]) > 0:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from axonct.errors import AxonInputError
 from axonct.io.atomic import atomic_path
 
 
@@ -33,8 +34,6 @@ MONTAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 def montage_format(path: str | Path) -> str:
     """The image format a montage's name asks for; other names are refused (a JPEG name holding PNG
     data fools every viewer that trusts the extension)."""
-    from axonct.errors import AxonInputError
-
     suffix = Path(path).suffix.lower()
     if suffix not in MONTAGE_FORMATS:
         raise AxonInputError(path, "a montage is written as .png or .jpg; choose one of those names")

@@ -120,15 +120,13 @@ def evaluate_radiographs(inputs: list[str | Path], weights: str | Path | None, o
 
 def _montage_row(name: str, rec, views: np.ndarray, fields, data) -> list:
     """Input as framed | its lung fields | the reconstruction's lungs projected | its DRR | mid slices."""
-    from axonct.anatomy import body_and_air
+    from axonct.guidance.lung_fields import projected_lung_air
     from axonct.io.ct_preprocess import unit_to_hu
     from axonct.io.montage import orthogonal_slices, to_uint8
-    from axonct.models.lung_fields import project_lung_fields
     from axonct.physics.drr import drr_from_unit_volume
 
     hu = unit_to_hu(rec.mean, data.grid)
-    _, air = body_and_air(hu)
-    projected = np.asarray(project_lung_fields(air, data))[0]
+    projected = projected_lung_air(hu, data)[0]
     with torch.no_grad():
         drr = drr_from_unit_volume(torch.from_numpy(np.ascontiguousarray(rec.mean, np.float32)), data.grid,
                                    data.geometry, data.views)[0].numpy()

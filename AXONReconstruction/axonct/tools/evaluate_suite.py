@@ -273,6 +273,8 @@ class _SuiteRun:
 
     # ------------------------------------------------------------------ radiographs
     def radiograph_case(self, case: SuiteCase, lateral: Path | None, montage: Path) -> dict:
+        from axonct.guidance.lung_fields import projected_lung_air
+        from axonct.io.ct_preprocess import unit_to_hu
         from axonct.io.radiograph import read_radiograph
 
         row = {"case": case.id, "patient": case.patient, "file": str(case.files["frontal"]),
@@ -295,7 +297,7 @@ class _SuiteRun:
             except AxonInputError as exc:  # the image was reconstructed; only its Dice is missing
                 self.log(f"{case.id}: {exc}")
                 notes.append(f"mask: {exc}")
-        projected = projected_lungs(result, self.data)
+        projected = projected_lung_air(unit_to_hu(result.mean, self.data.grid), self.data)[0]
         network = None if result.lung_fields is None else result.lung_fields[0] > 0.5
         from axonct.models.lung_fields import dice
 
@@ -337,17 +339,6 @@ def radiologist_mask_in_view(mask_path: Path, frame, size: int, image_shape: tup
         raise AxonInputError(mask_path, f"cannot be read as a mask image ({exc})") from None
     view, _ = window_image(mask.astype(np.float32), frame.center_rc, frame.image_px_per_view_px, size, 0.0)
     return view > 0.5
-
-
-def projected_lungs(result, data) -> np.ndarray:
-    """The reconstruction's enclosed lung air projected onto the frontal view as the lung labels that
-    trained the network were (what the report's lung-field Dice compares)."""
-    from axonct.anatomy import body_and_air
-    from axonct.io.ct_preprocess import unit_to_hu
-    from axonct.models.lung_fields import project_lung_fields
-
-    _, air = body_and_air(unit_to_hu(result.mean, data.grid))
-    return np.asarray(project_lung_fields(air, data))[0] > 0.5
 
 
 PLAUSIBILITY_KEYS = ("enclosed_air_fraction", "air_left_share", "open_wall_air_fraction", "chest_wall_closed",

@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -423,7 +422,6 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"kind": CARD_KIND, "format_version": str(FORMAT_VERSION)})
-        os.chmod(tmp, 0o644)  # like the other bundled weights (the temporary file may be private)
         digest = sha256_file(tmp)
         info = {
             "format_version": FORMAT_VERSION,
