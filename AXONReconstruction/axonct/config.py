@@ -54,6 +54,10 @@ class ProjectionGeometry:
 
 VIEWS = ("frontal", "lateral")
 
+CHEST_ROOM = ProjectionGeometry(source_to_isocenter_mm=1650.0, source_to_detector_mm=1800.0,
+                                detector_size_mm=500.0, detector_pixels=128)
+"""A chest-room PA/lateral geometry: 458 mm of the isocentre plane on a 500 mm detector."""
+
 
 @dataclass
 class DataConfig:
@@ -91,10 +95,16 @@ def data_preset(name: str) -> DataConfig:
 
     Diffusion runs at half that size (``DataConfig.diffusion_grid``): tiny 32^3 -> 64^3 with 64^2
     views (tests), cpu 64^3 -> 128^3 with 128^2 views (CPU demo), paper 128^3 -> 256^3 with 128^2 views.
+
+    ``cpu`` holds a whole adult chest with its sides and back, as a PA film shows it: a 440 mm cube
+    (the training patients' chests are 335-430 mm wide, 250-315 mm deep) and a chest-room geometry
+    (source 1800 mm from the detector, isocentre 150 mm in front of it: magnification 1.09, against
+    X2CT's 1.75 that shows a 500 mm detector only 285 mm of the patient). ``tiny`` and ``paper`` keep
+    X2CT's 320 mm cube and geometry.
     """
     presets = {
         "tiny": DataConfig(VolumeGrid(size=64, fov_mm=320.0), ProjectionGeometry(detector_pixels=64)),
-        "cpu": DataConfig(VolumeGrid(size=128, fov_mm=320.0), ProjectionGeometry(detector_pixels=128)),
+        "cpu": DataConfig(VolumeGrid(size=128, fov_mm=440.0), CHEST_ROOM),
         "paper": DataConfig(VolumeGrid(size=256, fov_mm=320.0), ProjectionGeometry(detector_pixels=128)),
     }
     if name not in presets:

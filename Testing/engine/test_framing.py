@@ -55,13 +55,16 @@ def _place(view: np.ndarray, scale: float, top: float, left: float, shape: tuple
 
 def test_training_frame_constants_match_the_sample_ct(reference):
     _, fields = reference
+    frame = fr.training_frame(DATA, fields.shape[-1])
+    px = 2.0  # pixels
     top, left, bottom, right = fr.lung_bbox(fields[0].astype(np.float32))
-    assert right - left == pytest.approx(fr.TRAINING_FRONTAL_WIDTH, abs=2)
-    assert (left + right) / 2 == pytest.approx(fr.TRAINING_FRONTAL_CENTER_COL, abs=1.5)
-    assert bottom == pytest.approx(fr.TRAINING_FRONTAL_BOTTOM_ROW, abs=2)
-    top, left, bottom, right = fr.lung_bbox(fields[1].astype(np.float32))
-    assert (left + right) / 2 == pytest.approx(fr.TRAINING_LATERAL_CENTER_COL, abs=1.5)
-    assert bottom == pytest.approx(fr.TRAINING_LATERAL_BOTTOM_ROW, abs=2)
+    assert right - left == pytest.approx(frame.frontal_width, abs=px)
+    assert (left + right) / 2 == pytest.approx(frame.frontal_center_col, abs=1.5)
+    assert bottom == pytest.approx(frame.frontal_bottom_row, abs=px)
+    top_l, left, bottom_l, right = fr.lung_bbox(fields[1].astype(np.float32))
+    assert (left + right) / 2 == pytest.approx(frame.lateral_center_col, abs=1.5)
+    assert bottom_l == pytest.approx(frame.lateral_bottom_row, abs=px)
+    assert (bottom_l - top_l) / (bottom - top) == pytest.approx(fr.LATERAL_HEIGHT_RATIO, abs=0.03)
 
 
 @pytest.mark.parametrize("scale,top,left", [(2.5, 40.0, 10.0), (1.6, -5.0, 70.0)])

@@ -113,7 +113,7 @@ def cmd_prepare(args) -> int:
     manifest = prepare_cache(args.ct, args.out, cfg, workers=args.workers, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              train_list=args.train_list, test_list=args.test_list, val_list=args.val_list,
-                             progress=not args.no_progress, hu_offset=args.hu_offset)
+                             progress=not args.no_progress, hu_offset=args.hu_offset, patients=args.patients)
     print(f"{len(manifest['cases'])} cases ready in {args.out} "
           f"({manifest['skipped_as_finished']} already finished, {len(manifest['failed'])} failed; "
           f"see errors.jsonl)" if manifest["failed"] else
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-list", help="published train list (e.g. X2CT's train.txt), one patient ID a line")
     p.add_argument("--test-list", help="published test list (e.g. X2CT's test.txt)")
     p.add_argument("--val-list", help="optional validation list; else val is carved from train")
+    p.add_argument("--patients", help="CSV with path and patient columns (e.g. a data folder's manifest.csv): files "
+                                      "of one patient (breathing phases, repeat scans) are split together")
     p.add_argument("--no-progress", action="store_true")
     _add_hu_offset_option(p, "every CT")
     _add_data_options(p)
@@ -393,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=["coarse", "prior", "controlnet", "sr", "baseline", "lung-fields"],
                    help="baseline = the X2CT-style single-pass CNN used in `axon evaluate`; lung-fields = the 2D "
                         "lung-field network (simulated radiographs of the sample CT and synthetic chests; no --data)")
-    p.add_argument("--data", help="cache folder from `axon prepare` (same preset); every stage but lung-fields")
+    p.add_argument("--data", nargs="+", help="cache folder(s) from `axon prepare` or `axon synth` (same preset); "
+                                             "several are drawn equally often. Every stage but lung-fields")
     p.add_argument("--config", default="tiny", help="preset tiny|cpu|paper or a JSON config file")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -63,6 +63,61 @@ class CTCache:
         return ct, drr
 
 
+class CacheSet:
+    """Several caches trained on together (real CTs, synthetic chests of each source CT). A batch
+    draws each cache equally often, whatever its size, so 400 synthetic chests of one patient do not
+    drown the real CTs. Case keys are ``<cache folder name>/<case id>`` (names made unique)."""
+
+    def __init__(self, roots, expected: DataConfig | None = None):
+        self.caches = [CTCache(r, expected) for r in roots]
+        names = []
+        for c in self.caches:  # folder names, made unique: runs/a/cache and runs/b/cache -> cache, cache-2
+            name, k = c.root.name, 1
+            while name in names:
+                k += 1
+                name = f"{c.root.name}-{k}"
+            names.append(name)
+        self.names = names
+        first = self.caches[0]
+        for c in self.caches[1:]:
+            if not schema.same_config(c.manifest, first.config):
+                raise AxonInputError(c.root, f"has another grid/geometry than {first.root}; prepare every cache "
+                                             "with the same --preset")
+        self.root, self.config = first.root, first.config
+        self._by_name = dict(zip(names, self.caches))
+
+    def case_ids(self, split: str) -> list[str]:
+        return [f"{n}/{i}" for n, c in zip(self.names, self.caches) for i in c.case_ids(split)]
+
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        name, case_id = key.split("/", 1)
+        return self._by_name[name].load(case_id)
+
+    def weights(self, keys: list[str]) -> list[float]:
+        """Sampling weights that give every cache present in ``keys`` the same share."""
+        counts: dict[str, int] = {}
+        for k in keys:
+            counts[k.split("/", 1)[0]] = counts.get(k.split("/", 1)[0], 0) + 1
+        return [1.0 / (len(counts) * counts[k.split("/", 1)[0]]) for k in keys]
+
+    def sources(self) -> list[dict]:
+        """Per cache: its folder and, for a synthetic cache, the CT its chests were made from."""
+        out = []
+        for c in self.caches:
+            synthetic = c.manifest.get("synthetic")
+            out.append({"cache": str(c.root.resolve()),
+                        "synthetic_from": synthetic.get("source_ct") if isinstance(synthetic, dict) else None})
+        return out
+
+
+def open_caches(data, expected: DataConfig | None = None):
+    """One folder: a `CTCache`; several: a `CacheSet`."""
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    if not roots:
+        raise AxonInputError(None, "--data needs at least one cache folder")
+    return CTCache(roots[0], expected) if len(roots) == 1 else CacheSet(roots, expected)
+
+
 @dataclass
 class Augmentation:
     """Spatial augmentation of the CT (DRRs are re-rendered after it) and realism of the views."""
@@ -99,6 +154,7 @@ class BatchMaker:
             raise AxonInputError(cache.root, "has no cases in the requested split")
         self.cache, self.ids, self.factor, self.aug = cache, case_ids, sr_factor, aug
         self.cfg = cache.config
+        self._weights = torch.tensor(cache.weights(case_ids)) if isinstance(cache, CacheSet) else None
 
     def sample(self, case_id: str, gen: torch.Generator) -> dict:
         ct, drr = self.cache.load(case_id)
@@ -119,7 +175,10 @@ class BatchMaker:
 
     def batch(self, step: int, batch_size: int, seed: int, rank: int = 0) -> dict:
         gen = step_generator(seed, step, rank, stream=1)
-        picks = torch.randint(0, len(self.ids), (batch_size,), generator=gen).tolist()
+        if self._weights is None:
+            picks = torch.randint(0, len(self.ids), (batch_size,), generator=gen).tolist()
+        else:
+            picks = torch.multinomial(self._weights, batch_size, replacement=True, generator=gen).tolist()
         items = [self.sample(self.ids[i], gen) for i in picks]
         out = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         out["case_ids"] = [self.ids[i] for i in picks]

@@ -47,8 +47,28 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
 
 
-def discover_cases(paths: list[str | Path]) -> tuple[list[CaseSource], list[dict]]:
-    """Every CT volume file and every CT DICOM series under the given paths (one case each)."""
+def read_patient_table(path: str | Path) -> dict[str, str]:
+    """file name -> patient ID from a CSV with ``path`` and ``patient`` columns (e.g. a data
+    folder's manifest.csv): volumes of one patient (breathing phases, repeat scans) stay in one split."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise AxonInputError(path, "does not exist (--patients needs a CSV with path and patient columns)")
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+        table = {Path(r["path"].strip()).name: r["patient"].strip() for r in rows if (r.get("path") or "").strip()}
+    except (KeyError, AttributeError, UnicodeDecodeError, csv.Error) as exc:
+        raise AxonInputError(path, f"is not a CSV with path and patient columns ({exc})") from None
+    if not table or not all(table.values()):
+        raise AxonInputError(path, "names no patient for some rows (--patients needs path and patient on every row)")
+    return table
+
+
+def discover_cases(paths: list[str | Path], patients: dict[str, str] | None = None
+                   ) -> tuple[list[CaseSource], list[dict]]:
+    """Every CT volume file and every CT DICOM series under the given paths (one case each);
+    ``patients`` (file name -> patient ID) overrides the patient read from a file's name."""
     from axonct.io.ct import find_ct_series
 
     found: list[tuple[str, str]] = []  # (path, patient_id)
@@ -78,6 +98,8 @@ def discover_cases(paths: list[str | Path]) -> tuple[list[CaseSource], list[dict
         where = ", ".join(map(str, paths))
         problems.append({"source": where, "error": f"{where}: no CT volumes or CT DICOM series found"})
     cases, used = [], set()
+    if patients:
+        found = [(path, patients.get(Path(path).name, patient)) for path, patient in found]
     for path, patient in found:
         case_id = _safe_id(patient)
         if case_id in used:
@@ -228,9 +250,12 @@ def prepare_cache(
     val_list: str | Path | None = None,
     progress: bool = True,
     hu_offset: float = 0.0,
+    patients: str | Path | None = None,
 ) -> dict:
-    """``hu_offset`` is added to CTs stored as HU+1024 without a rescale (see `ct_io.read_ct_with_meta`)."""
+    """``hu_offset`` is added to CTs stored as HU+1024 without a rescale (see `ct_io.read_ct_with_meta`);
+    ``patients``: a CSV naming each file's patient (`read_patient_table`)."""
     out = Path(out)
+    patient_table = read_patient_table(patients) if patients is not None else None
     id_lists = check_options(out, workers, val_fraction, test_fraction,
                              {"train": train_list, "test": test_list, "val": val_list})
     resuming = (out / schema.MANIFEST_FILE).exists()
@@ -243,7 +268,7 @@ def prepare_cache(
         raise AxonInputError(out, "this cache was prepared with a different grid/geometry config; "
                                   "use another --out folder or the same preset")
     schema.write_config(out, cfg)
-    cases, problems = discover_cases(list(inputs))
+    cases, problems = discover_cases(list(inputs), patient_table)
     todo, done = [], []
     for c in cases:
         finished = _read_case(schema.case_dir(out, c.case_id))

@@ -280,22 +280,28 @@ class SyntheticChestGenerator:
     def __init__(self, data_cfg: DataConfig, anatomy: AnatomyConfig | None = None,
                  ct_path: str | Path | None = None, labels_path: str | Path | None = None,
                  structures_path: str | Path | None = None):
+        """A CT given without ``labels_path`` is labelled from its HU (`auto_labels`); the
+        sample CT (no ``ct_path``) comes with its full label map."""
         from axonct.io.ct import read_ct_with_meta
         from axonct.io.sample_data import sample_ct_path, sample_labels_path, sample_structures_path
 
         self.config = data_cfg
         self.anatomy = anatomy or AnatomyConfig()
         self.ct_path = Path(ct_path) if ct_path else sample_ct_path()
-        self.labels_path = Path(labels_path) if labels_path else sample_labels_path()
-        self.structures_path = Path(structures_path) if structures_path else sample_structures_path()
-        self.structures = read_structures(self.structures_path)
-        reader = _header(self.labels_path)
+        auto = ct_path is not None and labels_path is None
+        if structures_path is not None and auto:
+            raise AxonInputError(structures_path, "names the labels of a label map; give the map with --labels")
+        self.labels_path = None if auto else (Path(labels_path) if labels_path else sample_labels_path())
         image, _ = read_ct_with_meta(self.ct_path)
-        _check_same_geometry(self.labels_path, reader, image, self.ct_path)
-        labels = sitk.ReadImage(str(self.labels_path))
-        if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetDimension() != 3:
-            raise AxonInputError(self.labels_path, "is not a 3D scalar label map")
-        labels = sitk.Cast(labels, sitk.sitkUInt8) if labels.GetPixelID() != sitk.sitkUInt8 else labels
+        labels = None
+        if not auto:
+            self.structures = read_structures(Path(structures_path) if structures_path else sample_structures_path())
+            reader = _header(self.labels_path)
+            _check_same_geometry(self.labels_path, reader, image, self.ct_path)
+            labels = sitk.ReadImage(str(self.labels_path))
+            if labels.GetNumberOfComponentsPerPixel() != 1 or labels.GetDimension() != 3:
+                raise AxonInputError(self.labels_path, "is not a 3D scalar label map")
+            labels = sitk.Cast(labels, sitk.sitkUInt8) if labels.GetPixelID() != sitk.sitkUInt8 else labels
 
         grid = data_cfg.grid
         hu = sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, grid.hu_min, grid.hu_max)
@@ -303,12 +309,22 @@ class SyntheticChestGenerator:
         w = int(math.ceil(grid.size * self.anatomy.work_margin / 2.0)) * 2
         self.work_grid = dataclasses.replace(grid, size=w, fov_mm=w * grid.spacing_mm)
         work = ct_to_model(image, self.work_grid, remove_bed=data_cfg.remove_bed, center_lps=self.center_lps)
-        ref = sitk.Image([w] * 3, sitk.sitkUInt8)
-        ref.SetSpacing((grid.spacing_mm,) * 3)
-        ref.SetOrigin(work.origin_lps)
-        lab = sitk.Resample(labels, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        if auto:
+            from axonct.data.auto_labels import NoLungsError, auto_label_map
+
+            try:
+                lab_np, self.structures = auto_label_map(work.array * (grid.hu_max - grid.hu_min) + grid.hu_min,
+                                                         grid.spacing_mm)
+            except NoLungsError as exc:
+                raise AxonInputError(self.ct_path, f"cannot be labelled from its HU: {exc}; give a label map "
+                                                   "with --labels") from None
+        else:
+            ref = sitk.Image([w] * 3, sitk.sitkUInt8)
+            ref.SetSpacing((grid.spacing_mm,) * 3)
+            ref.SetOrigin(work.origin_lps)
+            lab_np = sitk.GetArrayFromImage(sitk.Resample(labels, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                          sitk.sitkUInt8))
         self._ct = torch.from_numpy(work.array)[None, None].contiguous()
-        lab_np = sitk.GetArrayFromImage(lab)
         self._labels = torch.from_numpy(lab_np.astype(np.float32))[None, None]
         self.blood_ids = sorted(i for i, g in self.structures.values() if g == BLOOD_GROUP)
         self.spine_ids = sorted(i for i, g in self.structures.values() if g == SPINE_GROUP)
@@ -330,7 +346,7 @@ class SyntheticChestGenerator:
         ids = [self.structures[n][0] if isinstance(n, str) else int(n) for n in names_or_ids]
         idx = np.argwhere(np.isin(lab, ids))
         if idx.shape[0] < 10:
-            raise AxonInputError(self.labels_path, f"has (almost) no voxels of {', '.join(map(str, names_or_ids))} "
+            raise AxonInputError(self.labels_path or self.ct_path, f"has (almost) no voxels of {', '.join(map(str, names_or_ids))} "
                                                    "inside the model cube")
         s = self.work_grid.spacing_mm
         return (idx[:, ::-1] - (self.work_grid.size - 1) / 2.0) * s  # (x, y, z)

@@ -164,7 +164,7 @@ def write_synthetic_cache(out: str | Path, data_cfg: DataConfig, count: int, see
     synthetic = {"set_seed": seed, "split": split, "seed_scheme": SEED_SCHEME,
                  "generator_version": GENERATOR_VERSION, "anatomy": anatomy.to_dict(),
                  "source_ct": str(generator.ct_path) if generator else None,
-                 "source_labels": str(generator.labels_path) if generator else None}
+                 "source_labels": _labels_record(generator) if generator else None}
     if old is not None and generator is None:  # nothing regenerated: keep the recorded sources
         synthetic["source_ct"] = old["synthetic"].get("source_ct")
         synthetic["source_labels"] = old["synthetic"].get("source_labels")
@@ -173,3 +173,7 @@ def write_synthetic_cache(out: str | Path, data_cfg: DataConfig, count: int, see
     schema.write_manifest(out, manifest)
     return manifest
 
+
+def _labels_record(generator) -> str:
+    """Where the source's labels came from: a label map's path, or the HU labelling."""
+    return str(generator.labels_path) if generator.labels_path else "auto: labelled from HU (data.auto_labels)"

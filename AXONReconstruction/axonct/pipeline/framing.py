@@ -32,17 +32,41 @@ from axonct.config import DataConfig
 from axonct.io.radiograph import Radiograph
 from axonct.io.radiograph_preprocess import frame_window, to_model_view
 
-# Where the training geometry puts the lung fields, in pixel edges of a 128^2 detector: the box of
-# `project_lung_fields` of the sample CT's lung labels in its training pose (Testing checks these
-# against the sample CT). Frontal: width, centre column and lowest edge (domes and costophrenic
-# angles; the apices leave the training detector at the top). Lateral: centre column and lowest
-# edge (the posterior recesses reach lower than the frontal domes).
-TRAINING_FRAME_PIXELS = 128
-TRAINING_FRONTAL_WIDTH = 117.0
-TRAINING_FRONTAL_CENTER_COL = 64.5
-TRAINING_FRONTAL_BOTTOM_ROW = 117.0
-TRAINING_LATERAL_CENTER_COL = 64.0
-TRAINING_LATERAL_BOTTOM_ROW = 123.0
+# Where the training geometry puts the lung fields, in millimetres on the isocentre plane from the
+# detector's centre: the box of `project_lung_fields` of the sample CT's lung labels in its training
+# pose (Testing checks these against the sample CT in the shipped weights' geometry). Frontal: width,
+# centre (towards the patient's left) and lowest edge (domes and costophrenic angles). Lateral: centre
+# and lowest edge (the posterior recesses reach lower than the frontal domes). `training_frame`
+# turns them into pixels of a geometry's detector.
+TRAINING_FRONTAL_WIDTH_MM = 250.6
+TRAINING_FRONTAL_CENTER_MM = 0.0
+TRAINING_FRONTAL_BOTTOM_MM = 103.8
+TRAINING_LATERAL_CENTER_MM = 1.8
+TRAINING_LATERAL_BOTTOM_MM = 114.6
+TRAINING_FRAME_PIXELS = 128  # the lung-field network reads views of this side
+LATERAL_HEIGHT_RATIO = 1.03  # lateral / frontal lung-field height of one chest (recesses reach lower)
+
+
+@dataclass(frozen=True)
+class TrainingFrame:
+    """The training lung-field box in pixel edges of a ``pixels``-wide view of a geometry's detector."""
+
+    pixels: int
+    frontal_width: float
+    frontal_center_col: float
+    frontal_bottom_row: float
+    lateral_center_col: float
+    lateral_bottom_row: float
+
+
+def training_frame(data: DataConfig, pixels: int = TRAINING_FRAME_PIXELS) -> TrainingFrame:
+    g = data.geometry
+    mm = g.detector_size_mm / pixels / g.magnification  # isocentre mm per view pixel
+    half = pixels / 2
+    return TrainingFrame(pixels, TRAINING_FRONTAL_WIDTH_MM / mm, half + TRAINING_FRONTAL_CENTER_MM / mm,
+                         half + TRAINING_FRONTAL_BOTTOM_MM / mm, half + TRAINING_LATERAL_CENTER_MM / mm,
+                         half + TRAINING_LATERAL_BOTTOM_MM / mm)
+
 
 PATIENT_PLANE_SOURCES = ("PixelSpacing", "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
 """Spacings already in the patient's plane; any other (ImagerPixelSpacing, an image header's) is the
@@ -93,9 +117,7 @@ class Framing:
 
 def training_lung_width_mm(data: DataConfig) -> float:
     """The training CT's frontal lung-field width at the isocentre plane."""
-    g = data.geometry
-    mm_per_px = g.detector_size_mm / TRAINING_FRAME_PIXELS / g.magnification
-    return TRAINING_FRONTAL_WIDTH * mm_per_px
+    return TRAINING_FRONTAL_WIDTH_MM
 
 
 def age_width_fraction(age_years: float) -> float:
@@ -149,17 +171,18 @@ def lung_bbox(prob: np.ndarray, threshold: float = 0.5) -> tuple[float, float, f
     return float(rows.min()), float(cols.min()), float(rows.max() + 1), float(cols.max() + 1)
 
 
-def _find_lungs(pixels: np.ndarray, segmenter, size: int, hint: tuple | None):
+def _find_lungs(pixels: np.ndarray, segmenter, frame: TrainingFrame, hint: tuple | None):
     """Lung-field box in image pixel edges: on the whole image padded to a square, then once more
     on the window that first estimate frames (the network is most reliable at the training framing)."""
     h, w = pixels.shape
+    size = frame.pixels
     k = max(h, w) / size
     b = lung_bbox(segmenter.probabilities(to_model_view(pixels, size)))
     if b is None:
         return None
     r_off, c_off = (size - max(1, round(h / k))) // 2, (size - max(1, round(w / k))) // 2
     box = ((b[0] - r_off) * k, (b[1] - c_off) * k, (b[2] - r_off) * k, (b[3] - c_off) * k)
-    center, scale = _frame_from_bbox(box, hint)
+    center, scale = _frame_from_bbox(box, frame, hint)
     view, _ = frame_window(pixels, center, scale, size)
     b2 = lung_bbox(segmenter.probabilities(view))
     if b2 is None:
@@ -193,7 +216,7 @@ def looks_inverted(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIX
     return negative > ratio * given and negative - given > diff
 
 
-def _frame_from_bbox(box, hint=None) -> tuple[tuple[float, float], float]:
+def _frame_from_bbox(box, frame: TrainingFrame, hint=None) -> tuple[tuple[float, float], float]:
     """Window centre (image edges) and image pixels per training-view pixel that put a lung box
     where training puts it.
 
@@ -202,15 +225,15 @@ def _frame_from_bbox(box, hint=None) -> tuple[tuple[float, float], float]:
     matches the frontal's (one patient), the centre column is the training one.
     """
     top, left, bottom, right = box
-    half = TRAINING_FRAME_PIXELS / 2
+    half = frame.pixels / 2
     if hint is None:
-        scale = (right - left) / TRAINING_FRONTAL_WIDTH
-        center_col = (left + right) / 2 + (half - TRAINING_FRONTAL_CENTER_COL) * scale
-        center_row = bottom + (half - TRAINING_FRONTAL_BOTTOM_ROW) * scale
+        scale = (right - left) / frame.frontal_width
+        center_col = (left + right) / 2 + (half - frame.frontal_center_col) * scale
+        center_row = bottom + (half - frame.frontal_bottom_row) * scale
     else:
-        scale = (bottom - top) / (hint * TRAINING_LATERAL_BOTTOM_ROW / TRAINING_FRONTAL_BOTTOM_ROW)
-        center_col = (left + right) / 2 + (half - TRAINING_LATERAL_CENTER_COL) * scale
-        center_row = bottom + (half - TRAINING_LATERAL_BOTTOM_ROW) * scale
+        scale = (bottom - top) / (hint * LATERAL_HEIGHT_RATIO)
+        center_col = (left + right) / 2 + (half - frame.lateral_center_col) * scale
+        center_row = bottom + (half - frame.lateral_bottom_row) * scale
     return (center_row, center_col), scale
 
 
@@ -225,7 +248,8 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
     if mode not in ("auto", "none"):
         raise ValueError(f"framing must be 'auto' or 'none', not {mode!r}")
     size = data.geometry.detector_pixels
-    scale_to_training = size / TRAINING_FRAME_PIXELS  # constants are in 128-pixel units
+    frame = training_frame(data)  # the lung-field network's resolution
+    scale_to_training = size / frame.pixels
     iso_mm_per_px = data.geometry.detector_size_mm / size / data.geometry.magnification
     views = np.zeros((2, size, size), np.float32)
     mask = np.array([1.0, 0.0], np.float32)
@@ -241,11 +265,11 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
         hint = None if name == "frontal" else frontal_height
         physical = mode == "auto" and spacing is not None and trusted_spacing(rg)
         if not physical and mode == "auto" and segmenter is not None and (name == "frontal" or hint is not None):
-            box = _find_lungs(pixels, segmenter, TRAINING_FRAME_PIXELS, hint)
+            box = _find_lungs(pixels, segmenter, frame, hint)
         if physical:
             center, scale, method = (pixels.shape[0] / 2, pixels.shape[1] / 2), iso_mm_per_px / spacing, "pixel-spacing"
         elif box is not None:
-            center, scale = _frame_from_bbox(box, hint)
+            center, scale = _frame_from_bbox(box, frame, hint)
             scale /= scale_to_training
             method = "lung-fields"
         elif mode == "auto" and spacing is not None:

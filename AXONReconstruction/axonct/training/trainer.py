@@ -28,7 +28,7 @@ import torch.nn as nn
 from axonct import runtime
 from axonct.io.atomic import atomic_path, write_text
 from axonct.pipeline.checkpoint import read_resume, save_stage
-from axonct.data.datasets import Augmentation, BatchMaker, CTCache, step_generator
+from axonct.data.datasets import Augmentation, BatchMaker, CacheSet, open_caches, step_generator
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr, ssim
 from axonct.io.montage import orthogonal_slices, save_montage
@@ -163,7 +163,7 @@ def train(
             raise AxonInputError(None, f"train.{name} must be a whole number of at least 1, not {value!r}")
     precision = runtime.resolve_precision(tc.precision, dev)
     log(f"train {stage} on {dev}, precision {precision}")
-    cache = CTCache(data, expected=preset.data)
+    cache = open_caches(data, expected=preset.data)
     train_ids = cache.case_ids("train") or cache.case_ids("all")
     val_ids, val_label = cache.case_ids("val"), "held-out (val split)"
     if not val_ids:
@@ -217,6 +217,8 @@ def train(
         from axonct.pipeline.checkpoint import load_into, load_stage
 
         state, init_card = load_stage(init_from, stage)
+        if stage == "controlnet":  # the frozen prior is --prior's, not the one saved beside the old ControlNet
+            state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("prior.")}}
         load_into(model, state, Path(init_from) / f"{stage}.safetensors")
         ema = EMA(params, tc.ema_decay)  # the EMA starts at the loaded weights
         log(f"{stage} starts from the weights in {init_from}")
@@ -224,11 +226,18 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2))
 
-    trained_on = {"cache": str(Path(data).resolve()), "cases": train_ids, "steps": tc.steps,
-                  "world_size": info.world, "seed": tc.seed}
-    synthetic = cache.manifest.get("synthetic")
-    if isinstance(synthetic, dict) and synthetic.get("source_ct"):
-        trained_on["synthetic_from"] = [synthetic["source_ct"]]
+    trained_on = {"cases": train_ids, "steps": tc.steps, "world_size": info.world, "seed": tc.seed}
+    if isinstance(cache, CacheSet):
+        sources = cache.sources()
+        trained_on["caches"] = [c["cache"] for c in sources]
+        trained_on["sampling"] = "each cache equally often"
+        synthetic_from = [c["synthetic_from"] for c in sources if c["synthetic_from"]]
+    else:
+        trained_on["cache"] = str(cache.root.resolve())
+        synthetic = cache.manifest.get("synthetic")
+        synthetic_from = [synthetic["source_ct"]] if isinstance(synthetic, dict) and synthetic.get("source_ct") else []
+    if synthetic_from:
+        trained_on["synthetic_from"] = list(dict.fromkeys(synthetic_from))
     if init_from is not None and start == 0:  # what the starting weights saw was seen by these too
         trained_on = with_initial_record(trained_on, str(init_from), init_card.get("trained_on") or {})
     if start > 0:
@@ -351,7 +360,7 @@ def merge_training_record(previous: dict, current: dict) -> dict:
         return current
     merged = dict(current)
     merged["cases"] = list(dict.fromkeys([*previous.get("cases", []), *current.get("cases", [])]))
-    merged["caches"] = list(dict.fromkeys([*_caches(previous), current["cache"]]))
+    merged["caches"] = list(dict.fromkeys([*_caches(previous), *_caches(current)]))
     sources = [*previous.get("synthetic_from", []), *current.get("synthetic_from", [])]
     if sources:
         merged["synthetic_from"] = list(dict.fromkeys(sources))
