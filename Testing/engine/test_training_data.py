@@ -215,3 +215,28 @@ def test_a_patient_table_without_the_columns_is_refused(tmp_path, real_ct_path):
     assert r.returncode == 2
     assert "bad.csv" in r.stderr and "path and patient" in r.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_the_prior_fine_tunes_from_a_published_folder_that_keeps_it_inside_the_controlnet(
+        tiny_cache, tiny_weights, tmp_path, one_thread):
+    """Shipped weights hold no prior.safetensors: the frozen prior is saved in controlnet.safetensors."""
+    import shutil
+
+    from axonct.pipeline.checkpoint import load_stage
+    from axonct.presets import model_preset
+    from axonct.training.trainer import train
+
+    published = tmp_path / "published"
+    published.mkdir()
+    for f in tiny_weights.iterdir():
+        if f.is_file() and not f.name.startswith("prior."):
+            shutil.copy(f, published / f.name)
+    preset = model_preset("tiny")
+    preset.train.steps, preset.train.batch_size, preset.train.lr = 1, 1, 0.0
+    preset.train.checkpoint_every = preset.train.validate_every = 1
+    out = tmp_path / "prior"
+    train("prior", tiny_cache, preset, out, progress=False, log=lambda m: None, init_from=published)
+    state, _ = load_stage(out, "prior")
+    inside, _ = load_stage(published, "controlnet")
+    for k, v in state.items():
+        assert torch.equal(v, inside[f"prior.{k}"]), k

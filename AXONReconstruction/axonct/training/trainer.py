@@ -214,12 +214,12 @@ def train(
         start = state["step"]
         log(f"resuming {stage} at step {start}")
     elif init_from is not None:
-        from axonct.pipeline.checkpoint import load_into, load_stage
+        from axonct.pipeline.checkpoint import load_into
 
-        state, init_card = load_stage(init_from, stage)
+        state, init_card, init_file = _initial_state(init_from, stage)
         if stage == "controlnet":  # the frozen prior is --prior's, not the one saved beside the old ControlNet
             state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("prior.")}}
-        load_into(model, state, Path(init_from) / f"{stage}.safetensors")
+        load_into(model, state, init_file)
         ema = EMA(params, tc.ema_decay)  # the EMA starts at the loaded weights
         log(f"{stage} starts from the weights in {init_from}")
     if info.main:
@@ -351,6 +351,20 @@ def _previous_record(out: Path, stage: str) -> dict:
         return json.loads(card.read_text()).get("trained_on", {})
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def _initial_state(init_from, stage: str) -> tuple[dict, dict, Path]:
+    """The weights a fine-tuning run starts from, their card and file. A published weights folder
+    holds no prior.safetensors: its frozen prior is saved inside controlnet.safetensors."""
+    from axonct.pipeline.checkpoint import load_stage, stage_paths
+
+    own, _ = stage_paths(init_from, stage)
+    inside, _ = stage_paths(init_from, "controlnet")
+    if stage == "prior" and not own.exists() and inside.exists():
+        state, card = load_stage(init_from, "controlnet")
+        return {k[len("prior."):]: v for k, v in state.items() if k.startswith("prior.")}, card, inside
+    state, card = load_stage(init_from, stage)
+    return state, card, own
 
 
 def merge_training_record(previous: dict, current: dict) -> dict:
