@@ -17,6 +17,29 @@ class AxonInputError(ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class AxonRunError(RuntimeError):
+    """A run that could not produce anything, for reasons it has already put into words (exit 1)."""
+
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""Write errors that are the disk's, not the input's: reported in one line, never as a traceback."""
+
+
+def disk_full_error(exc: BaseException, path: str | Path) -> OSError | None:
+    """The ENOSPC a failed write really was, or None. Writers do not all say so: ITK raises a
+    RuntimeError of many lines and numpy an OSError without an errno ("N requested and M written");
+    a file system left with under 1 MB free decides."""
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return exc
+    try:
+        full = shutil.disk_usage(Path(path).parent).free < 1 << 20
+    except OSError:
+        return None
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) if full else None
+
+
 _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
                   (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from axonct import options
-from axonct.errors import AxonInputError
+from axonct.errors import STORAGE_ERRNOS, AxonInputError, AxonRunError
 
 OVERWRITE_HELP = ("replace files an earlier AXON run wrote at the same names (recorded in the folder's "
                   ".axon-outputs.json); files AXON did not write are never replaced, folders never emptied")
@@ -545,6 +545,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"axon {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except AxonRunError as exc:
+        if args.verbose:
+            raise
+        print(f"axon {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a quota, a read-only file system: the disk's fault, in one line
+        if args.verbose or exc.errno not in STORAGE_ERRNOS:
+            raise
+        where = exc.filename or getattr(args, "out", None) or ""
+        print(f"axon {args.command}: error: {where}: could not be written ({os.strerror(exc.errno)}); nothing "
+              "partial was kept", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT

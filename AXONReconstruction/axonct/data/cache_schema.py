@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from axonct.config import DataConfig
-from axonct.errors import AxonInputError
+from axonct.errors import AxonInputError, disk_full_error
 from axonct.io.atomic import atomic_dir, write_text
 
 CACHE_FORMAT_VERSION = 1
@@ -37,6 +37,7 @@ MANIFEST_FILE = "manifest.json"
 SPLITS_FILE = "splits.json"
 CONFIG_FILE = "config.json"
 ERRORS_FILE = "errors.jsonl"
+CACHE_FILES = [CONFIG_FILE, SPLITS_FILE, MANIFEST_FILE, ERRORS_FILE]  # a cache's own files, beside cases/
 CASES_DIR = "cases"
 CT_FILE = "ct.npy"
 DRR_FILE = "drr.npy"
@@ -73,10 +74,16 @@ def write_case(folder: str | Path, ct_unit: np.ndarray, drr: np.ndarray, info: d
     ct_unit, drr = np.asarray(ct_unit), np.asarray(drr)
     if ct_unit.ndim != 3 or drr.ndim != 3:
         raise ValueError(f"a case needs a 3D cube and a [views, P, P] stack, not {ct_unit.shape} and {drr.shape}")
-    with atomic_dir(folder) as tmp:
-        np.save(tmp / CT_FILE, ct_unit.astype(CT_DTYPE))
-        np.save(tmp / DRR_FILE, drr.astype(DRR_DTYPE))
-        (tmp / CASE_INFO_FILE).write_text(json.dumps(info, indent=2))
+    try:
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / CT_FILE, ct_unit.astype(CT_DTYPE))
+            np.save(tmp / DRR_FILE, drr.astype(DRR_DTYPE))
+            (tmp / CASE_INFO_FILE).write_text(json.dumps(info, indent=2))
+    except OSError as exc:
+        full = disk_full_error(exc, Path(folder))
+        if full is not None and full is not exc:
+            raise full from None
+        raise
 
 
 def read_case_info(folder: str | Path) -> dict | None:

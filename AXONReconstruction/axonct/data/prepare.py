@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,8 +23,9 @@ import numpy as np
 
 from axonct.config import DataConfig
 from axonct.data import cache_schema as schema
-from axonct.errors import AxonInputError
+from axonct.errors import STORAGE_ERRNOS, AxonInputError, AxonRunError
 from axonct.io.atomic import remove_partials
+from axonct.io.output_policy import RunFolder
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 log = logging.getLogger("axonct.data.prepare")
@@ -231,10 +231,18 @@ def _prepare_one(source: dict, case_dir: str, cfg_dict: dict, hu_offset: float =
             info["hu_offset"] = hu_offset
         schema.write_case(case_dir, pair.volume.array, pair.drr, info)
         return {"status": "done", **info}
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:  # the disk, not the case: every later case would fail the same way
+            raise
+        return _failed(source, exc)
     except Exception as exc:  # a bad case must not stop the run
-        message = str(exc) if isinstance(exc, AxonInputError) else f"{type(exc).__name__}: {exc}"
-        return {"status": "failed", "case_id": source["case_id"], "source": source["path"], "error": message,
-                "traceback": None if isinstance(exc, AxonInputError) else traceback.format_exc()}
+        return _failed(source, exc)
+
+
+def _failed(source: dict, exc: Exception) -> dict:
+    message = str(exc) if isinstance(exc, AxonInputError) else f"{type(exc).__name__}: {exc}"
+    return {"status": "failed", "case_id": source["case_id"], "source": source["path"], "error": message,
+            "traceback": None if isinstance(exc, AxonInputError) else traceback.format_exc()}
 
 
 def prepare_cache(
@@ -260,14 +268,22 @@ def prepare_cache(
                              {"train": train_list, "test": test_list, "val": val_list})
     resuming = (out / schema.MANIFEST_FILE).exists()
     old = schema.read_manifest(out, corrupt_hint=RESUME_HINT) if resuming else None
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    if schema.cases_dir(out).exists():
-        remove_partials(schema.cases_dir(out))  # leftovers of a killed run
     if old is not None and not schema.same_config(old, cfg):
         raise AxonInputError(out, "this cache was prepared with a different grid/geometry config; "
                                   "use another --out folder or the same preset")
+    with RunFolder("prepare", out, schema.CACHE_FILES, owned=lambda folder: old is not None) as run:
+        return _fill_cache(run, inputs, cfg, patient_table, id_lists, workers, seed, val_fraction, test_fraction,
+                           progress, hu_offset)
+
+
+def _fill_cache(run: RunFolder, inputs, cfg: DataConfig, patient_table, id_lists, workers, seed, val_fraction,
+                test_fraction, progress, hu_offset) -> dict:
+    """The cases not yet finished, then splits and manifest; ``run`` is the cache folder."""
+    out = run.folder
+    if schema.cases_dir(out).exists():
+        remove_partials(schema.cases_dir(out))  # leftovers of a killed run
     schema.write_config(out, cfg)
+    run.record(out / schema.CONFIG_FILE)
     cases, problems = discover_cases(list(inputs), patient_table)
     todo, done = [], []
     for c in cases:
@@ -280,7 +296,7 @@ def prepare_cache(
     # A lone input that cannot be used is reported once, as the command's error, not also as a warning.
     quiet = not done and len(todo) + len(problems) == 1
     for problem in failed:
-        _log_result(problem, out, quiet)
+        _log_result(problem, run, quiet)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     bar = None
     if progress:
@@ -292,7 +308,7 @@ def prepare_cache(
         _init_worker(threads)
         for c in todo:
             results.append(_prepare_one(c.__dict__, str(schema.case_dir(out, c.case_id)), cfg.to_dict(), hu_offset))
-            _log_result(results[-1], out, quiet)
+            _log_result(results[-1], run, quiet)
             if bar:
                 bar.update(1)
     else:
@@ -302,7 +318,7 @@ def prepare_cache(
                                 hu_offset) for c in todo]
             for fut in as_completed(futs):
                 results.append(fut.result())
-                _log_result(results[-1], out, quiet)
+                _log_result(results[-1], run, quiet)
                 if bar:
                     bar.update(1)
     if bar:
@@ -310,8 +326,8 @@ def prepare_cache(
     done += [r for r in results if r["status"] == "done"]
     failed += [r for r in results if r["status"] == "failed"]
     done.sort(key=lambda r: r["case_id"])
-    if not done and failed and all(f.get("traceback") is None for f in failed):
-        _nothing_usable(out, failed, created)
+    if not done and failed:
+        _nothing_usable(failed)
     patients = [r["patient_id"] for r in done]
     splits = make_splits(patients, seed, val_fraction, test_fraction,
                          id_lists["train"], id_lists["test"], id_lists["val"])
@@ -320,6 +336,7 @@ def prepare_cache(
         by_patient.setdefault(r["patient_id"], []).append(r["case_id"])
     case_splits = {k: sorted(c for p in v for c in by_patient.get(p, [])) for k, v in splits.items()}
     schema.write_splits(out, splits, case_splits, seed)
+    run.record(out / schema.SPLITS_FILE)
     manifest = schema.make_manifest(
         cfg,
         cases=[{k: r[k] for k in ("case_id", "patient_id", "source")} for r in done],
@@ -327,6 +344,7 @@ def prepare_cache(
         skipped_as_finished=len(cases) - len(todo),
     )
     schema.write_manifest(out, manifest)
+    run.record(out / schema.MANIFEST_FILE, out / schema.ERRORS_FILE)
     return manifest
 
 
@@ -338,10 +356,14 @@ def _read_case(folder: Path) -> dict | None:
     return info
 
 
-def _nothing_usable(out: Path, failed: list[dict], created: bool) -> None:
-    """Every input was refused as bad input: an error (exit 2), and no cache folder left behind."""
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
+def _nothing_usable(failed: list[dict]) -> None:
+    """No input gave a case: an error, and no new cache folder left behind (`RunFolder`). Bad input
+    is exit 2; an internal error on every case is exit 1 with the first one's message."""
+    internal = [f for f in failed if f.get("traceback") is not None]
+    if internal:
+        raise AxonRunError(f"no case could be prepared: {len(internal)} of {len(failed)} inputs failed with an "
+                           f"internal error (run with -v for the traceback); the first, {internal[0]['source']}: "
+                           f"{internal[0]['error']}")
     first = failed[0]["error"]
     if len(failed) == 1:
         raise AxonInputError(None, first)
@@ -349,9 +371,12 @@ def _nothing_usable(out: Path, failed: list[dict], created: bool) -> None:
                                f"the first: {first}")
 
 
-def _log_result(r: dict, out: Path, quiet: bool = False) -> None:
+def _log_result(r: dict, run: RunFolder, quiet: bool = False) -> None:
+    """A finished case keeps the cache folder (a rerun continues from it); a failed one is logged."""
     if r["status"] != "failed":
+        run.keep()
         return
     if not quiet or r.get("traceback") is not None:  # quiet: a lone bad input, raised as the error instead
         log.warning("skipped %s: %s", r["source"], r["error"])
-    schema.append_error(out, {k: r.get(k) for k in ("case_id", "source", "error", "traceback")})
+    schema.append_error(run.folder, {k: r.get(k) for k in ("case_id", "source", "error", "traceback")})
+    run.record(run.folder / schema.ERRORS_FILE)

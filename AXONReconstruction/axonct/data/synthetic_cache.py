@@ -23,15 +23,17 @@ from axonct.data.synthetic_anatomy import (
 )
 from axonct.errors import AxonInputError
 from axonct.io.atomic import remove_partials
+from axonct.io.output_policy import RunFolder
 
 
 def _synthetic_info(root: Path) -> dict | None:
-    """The "synthetic" record of a cache; None for a real-CT cache or anything that is not a cache."""
-    if not (root / schema.MANIFEST_FILE).exists():
-        return None
+    """The "synthetic" record of a cache; None for a real-CT cache or anything that is not a cache
+    (or that cannot be read: a sibling folder without permission is not ours to judge)."""
     try:
+        if not (root / schema.MANIFEST_FILE).exists():
+            return None
         return schema.read_manifest(root).get("synthetic")
-    except AxonInputError:
+    except (AxonInputError, OSError):
         return None
 
 
@@ -123,13 +125,22 @@ def write_synthetic_cache(out: str | Path, data_cfg: DataConfig, count: int, see
     seeds = {i: case_seed(seed, i) for i in range(count)}
     _check_seed_unused(out, seed, set(seeds.values()), disjoint_from)
     old = _check_resumable(out, data_cfg, seed, split, anatomy)
+    with RunFolder("synth", out, schema.CACHE_FILES, owned=lambda folder: old is not None) as run:
+        return _fill(run, old, data_cfg, anatomy, generator, seeds, seed, split, count, progress,
+                     (ct_path, labels_path, structures_path))
+
+
+def _fill(run: RunFolder, old, data_cfg, anatomy, generator, seeds, seed, split, count, progress, sources) -> dict:
+    """The chests not yet finished, then splits and manifest; ``run`` is the cache folder."""
+    out = run.folder
     schema.cases_dir(out).mkdir(parents=True, exist_ok=True)
     remove_partials(schema.cases_dir(out))
     schema.write_config(out, data_cfg)
+    run.record(out / schema.CONFIG_FILE)
 
     todo = [i for i in range(count) if not _is_finished(out, case_id_of(seed, i), seeds[i])]
     if todo and generator is None:
-        generator = SyntheticChestGenerator(data_cfg, anatomy, ct_path, labels_path, structures_path)
+        generator = SyntheticChestGenerator(data_cfg, anatomy, *sources)
     bar = None
     if progress and todo:
         from tqdm import tqdm
@@ -146,6 +157,7 @@ def write_synthetic_cache(out: str | Path, data_cfg: DataConfig, count: int, see
                 "generator_version": GENERATOR_VERSION, "params": chest.params,
                 "seconds": round(time.time() - t0, 2)}
         schema.write_case(schema.case_dir(out, cid), chest.unit, drr, info)
+        run.keep()
         if bar:
             bar.update(1)
     if bar:
@@ -161,6 +173,7 @@ def write_synthetic_cache(out: str | Path, data_cfg: DataConfig, count: int, see
     splits = {k: [] for k in schema.SPLIT_NAMES}
     splits[split] = [c["case_id"] for c in cases]
     schema.write_splits(out, dict(splits), splits, seed)
+    run.record(out / schema.SPLITS_FILE)
     synthetic = {"set_seed": seed, "split": split, "seed_scheme": SEED_SCHEME,
                  "generator_version": GENERATOR_VERSION, "anatomy": anatomy.to_dict(),
                  "source_ct": str(generator.ct_path) if generator else None,
@@ -171,6 +184,7 @@ def write_synthetic_cache(out: str | Path, data_cfg: DataConfig, count: int, see
     manifest = schema.make_manifest(data_cfg, cases=cases, failed=[], skipped_as_finished=count - len(todo),
                                     synthetic=synthetic)
     schema.write_manifest(out, manifest)
+    run.record(out / schema.MANIFEST_FILE)
     return manifest
 
 

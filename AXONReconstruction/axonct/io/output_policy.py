@@ -403,6 +403,60 @@ class Outputs:
 _active: list[Outputs] = []  # runs with staged files, not yet committed or discarded
 
 
+class RunFolder:
+    """The folder of a long, resumable run (`axon prepare`, `synth`, `train`), under the same policy.
+
+    Such a run writes as it goes (cases, checkpoints, logs), each file whole (`atomic`), so a cut-off
+    run keeps what it finished and continues from there; there is no single commit. Per file:
+
+    - before any compute, a file the run would write that exists and AXON did not write (or that was
+      changed since) is refused, unless ``owned`` recognises the folder as an earlier run of this
+      kind (a cache manifest, a training checkpoint: those runs are continued);
+    - every file is recorded in the folder's manifest as soon as it is in place (`record`);
+    - a folder this run created is removed when the run fails or is stopped before it kept anything
+      (`keep`: its first case or checkpoint), so a refused or cancelled run leaves no folder behind.
+    """
+
+    def __init__(self, command: str, folder: str | Path, names: list[str], owned=None, expected_bytes: int = 0):
+        self.command, self.folder, self.names = command, Path(folder), list(names)
+        self._owned = owned or (lambda folder: False)
+        self.expected_bytes = expected_bytes
+        self.created = False
+        self.kept = False
+
+    def check(self) -> None:
+        folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise AxonInputError(folder, f"is a file; --out needs a folder for `axon {self.command}`")
+        _no_file_ancestor(folder)
+        if folder.is_dir() and not self._owned(folder):
+            for name in self.names:
+                path = folder / name
+                if (path.exists() or path.is_symlink()) and written_by_axon(path) is None:
+                    raise AxonInputError(path, f"already exists and was not written by AXON (or was changed since); "
+                                               f"`axon {self.command}` would write it and never replaces it: choose "
+                                               "another --out folder")
+        check_location(folder, self.expected_bytes)
+
+    def __enter__(self) -> "RunFolder":
+        self.check()
+        self.created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def record(self, *paths: Path) -> None:
+        """Note files of this run (directly in the folder) as AXON's, with their current size and time."""
+        _write_manifest(self.folder, self.command, [Path(p).name for p in paths if Path(p).exists()], [])
+
+    def keep(self) -> None:
+        self.kept = True
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self.created and not self.kept:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return False
+
+
 def discard_uncommitted() -> None:
     """The safety net `cli.main` runs after every command: remove whatever a failed or cancelled run
     staged and did not commit (a committed run has nothing left here)."""

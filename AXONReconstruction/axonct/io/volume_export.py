@@ -93,8 +93,23 @@ def write_volume(image: sitk.Image, path: str | Path, description: str = "AXON r
     if fmt == "dicom":
         write_dicom_series(image, path, description, outputs)
     else:
-        sitk.WriteImage(image, str(outputs.path(path)), useCompression=True)
+        write_itk(image, outputs.path(path))
     return path
+
+
+def write_itk(image: sitk.Image, path: str | Path) -> None:
+    """``sitk.WriteImage`` whose failures say why in one line. ITK reports a full disk as a
+    RuntimeError of many lines; it becomes the OSError it is (ENOSPC), anything else an input error."""
+    from axonct.errors import disk_full_error, itk_reason
+
+    path = Path(path)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        full = disk_full_error(exc, path)
+        if full is not None:
+            raise full from None
+        raise AxonInputError(path, f"could not be written ({itk_reason(exc)})") from None
 
 
 def write_dicom_series(image: sitk.Image, folder: str | Path, description: str, outputs) -> Path:

@@ -18,6 +18,7 @@ from axonct.data.training_pair import make_training_pair
 from axonct.physics.geometry import view_geometry
 from axonct.io.montage import orthogonal_slices, save_montage, to_uint8
 from axonct.io.output_policy import Outputs
+from axonct.io.volume_export import write_itk
 from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
 
 
@@ -34,7 +35,7 @@ def view_image(arr: np.ndarray, pixel_spacing_mm: float, meta: dict) -> sitk.Ima
 
 def write_image(img: sitk.Image, path: Path) -> None:
     with atomic_path(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        write_itk(img, tmp)
 
 
 def write_png(arr: np.ndarray, path: Path) -> None:

@@ -32,6 +32,7 @@ from axonct.data.datasets import Augmentation, BatchMaker, CacheSet, open_caches
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr, ssim
 from axonct.io.montage import orthogonal_slices, save_montage
+from axonct.io.output_policy import RunFolder
 from axonct.presets import ModelPreset
 
 from axonct.pipeline.loading import STAGES, build_stage, load_trained_stage
@@ -137,6 +138,12 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def run_files(stage: str) -> list[str]:
+    """The files a training run of ``stage`` writes in its folder (beside val_montages/)."""
+    return ["config.json", "train_log.csv", "val_log.csv", "train_summary.json", "resume.pt",
+            f"{stage}.safetensors", f"{stage}.json"]
+
+
 def train(
     stage: str,
     data: str | Path,
@@ -151,10 +158,23 @@ def train(
     init_from: str | Path | None = None,
 ) -> dict:
     """Train one stage. ``init_from``: a weights or run folder whose weights of this stage start a
-    fresh run (fine-tuning, e.g. after a change of input domain); the architecture must match."""
+    fresh run (fine-tuning, e.g. after a change of input domain); the architecture must match.
+
+    The run folder is under the output policy (`RunFolder`): a user's file at one of the run's names
+    is refused before anything is computed, and a new folder is removed again if the run ends before
+    its first checkpoint."""
     if stage not in STAGES:
         raise AxonInputError(None, f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    out = Path(out)
+    args = (stage, data, preset, Path(out), resume, device, prior_dir, coarse_dir, progress, log, init_from)
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a distributed run write nothing
+        return _train(*args, run=None)
+    if resume and not (Path(out) / "resume.pt").is_file():
+        log(f"--resume: {out} holds no checkpoint (resume.pt) yet; starting a new run at step 0")
+    with RunFolder("train", out, run_files(stage), owned=lambda f: (f / "resume.pt").is_file()) as run:
+        return _train(*args, run=run)
+
+
+def _train(stage, data, preset, out, resume, device, prior_dir, coarse_dir, progress, log, init_from, run) -> dict:
     info = init_distributed(torch.device("cuda" if device.startswith("cuda") else "cpu"))
     dev = resolve_device(device, info)
     tc = preset.train
@@ -225,6 +245,7 @@ def train(
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2))
+        run.record(out / "config.json")
 
     trained_on = {"cases": train_ids, "steps": tc.steps, "world_size": info.world, "seed": tc.seed}
     if isinstance(cache, CacheSet):
@@ -283,12 +304,16 @@ def train(
             _append_csv(out / "train_log.csv", {"step": done, "loss": loss_value, "grad_norm": grad_norm,
                                                 "lr": tc.lr, "sec_per_step": (now - t_last) / tc.log_every,
                                                 **{k: v for k, v in logs.items() if k != "loss"}})
+            run.record(out / "train_log.csv")
             t_last = now
         if info.main and (done % tc.checkpoint_every == 0 or done == tc.steps):
             _checkpoint(out, stage, model, opt, ema, params, preset, done, trained_on)
+            run.record(out / "resume.pt", out / f"{stage}.safetensors", out / f"{stage}.json")
+            run.keep()
         if info.main and (done % tc.validate_every == 0 or done == tc.steps):
             with ema.applied(params):
                 _validate(stage, model, coarse, val_maker, val_ids[: tc.val_cases], val_label, preset, dev, out, done)
+            run.record(out / "val_log.csv")
     if bar:
         bar.close()
     summary = {"stage": stage, "steps": tc.steps, "final_loss": loss_value if math.isfinite(loss_value) else None, "world_size": info.world,
@@ -304,6 +329,7 @@ def train(
         summary["ranks_agree"] = True
     if info.main:
         write_text(out / "train_summary.json", json.dumps(summary, indent=2))
+        run.record(out / "train_summary.json")
     if info.world > 1:
         dist.barrier()
         dist.destroy_process_group()
