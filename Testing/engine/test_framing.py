@@ -3,6 +3,8 @@ patient's size into the output's voxel size."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,19 @@ from axonct.models.lung_fields import load_lung_field_segmenter, project_lung_fi
 from axonct.physics.drr import drr_from_unit_volume
 from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
 from axonct.pipeline import framing as fr
-from axonct.presets import model_preset
 
-DATA = model_preset("cpu").data
+
+def _bundled_geometry():
+    """The shipped weights' own grid and geometry: the lung-field network and the training box were
+    made in it (the preset may have moved on to weights still training)."""
+    from axonct.models.lung_fields import bundled_weights_dir
+    from axonct.pipeline.checkpoint import read_card
+    from axonct.presets import ModelPreset
+
+    return ModelPreset.from_dict(read_card(bundled_weights_dir(), "coarse")["config"]).data
+
+
+DATA = _bundled_geometry()
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +225,37 @@ def test_the_same_image_as_frontal_and_lateral_is_refused(tiny_weights, frontal,
                            "--device", "cpu", "--precision", "fp32"], capture_output=True, text=True)
     assert proc.returncode == 2 and "is the same image as the frontal view" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "r.nrrd").exists()
+
+
+def test_a_lateral_given_as_frontal_is_named(reference, segmenter):
+    image, _ = reference
+    assert fr.looks_lateral(image[0], segmenter) is False
+    _, _, framing = fr.frame_inputs(Radiograph(image[1], view="frontal"), None, DATA, segmenter)
+    assert any("frontal: the image looks like a lateral view" in w for w in framing.warnings)
+    assert fr.looks_lateral(np.zeros((64, 64), np.float32), segmenter) is None  # no lung fields: no judgement
+
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "manifest.csv").is_file(), reason="real data (../shared/data) not present")
+def test_swapped_views_are_flagged_on_held_out_real_radiographs(segmenter):
+    """Thresholds were chosen on training DRRs; this is their held-out check (20/20 and 1/67 when set)."""
+    import csv
+
+    from axonct.errors import AxonInputError
+    from axonct.io.radiograph import read_radiograph
+
+    counts = {True: [0, 0], False: [0, 0]}  # lateral? -> [flagged as lateral, images]
+    for row in csv.DictReader(open(SHARED_DATA / "manifest.csv")):
+        if row["kind"] != "cxr":
+            continue
+        try:
+            rg = read_radiograph(SHARED_DATA / row["path"])
+        except AxonInputError:
+            continue  # the two colour-annotated images are refused on reading
+        lateral = row["view"] == "L"
+        counts[lateral][0] += bool(fr.looks_lateral(rg.pixels, segmenter))
+        counts[lateral][1] += 1
+    assert counts[True][1] >= 15 and counts[True][0] >= 0.9 * counts[True][1]
+    assert counts[False][1] >= 50 and counts[False][0] <= 0.05 * counts[False][1]

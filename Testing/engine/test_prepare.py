@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from axonct.data import prepare as prep
 from axonct.config import data_preset
-from axonct.errors import AxonInputError
+from axonct.errors import AxonInputError, AxonRunError
 from synthetic import synthetic_chest, write_nifti
 
 
@@ -67,11 +67,10 @@ def test_prepare_resumes_and_never_leaves_half_cases(ct_folder, tmp_path, monkey
         return real_save(path, arr, *a, **k)
 
     monkeypatch.setattr(prep.np, "save", failing_save)
-    first = _run(ct_folder, out)
-    assert first["cases"] == []
-    assert sum("disk full" in f["error"] for f in first["failed"]) == 2
-    # each case died after ct.npy was written: nothing of it may remain
-    assert list((out / "cases").iterdir()) == []
+    with pytest.raises(AxonRunError, match="no case could be prepared: 2 of 4 inputs.*disk full"):
+        _run(ct_folder, out)
+    # each case died after ct.npy was written: nothing of it may remain, nor the new, empty cache
+    assert not out.exists()
     monkeypatch.setattr(prep.np, "save", real_save)
     second = _run(ct_folder, out)
     assert sorted(c["case_id"] for c in second["cases"]) == ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]

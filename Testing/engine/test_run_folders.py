@@ -210,3 +210,30 @@ def test_reconstruct_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_weights,
     assert rc == 2 and "No space left on device" in err[-1], err
     assert _only_user_files(full_disk) == ["filler", "keep.txt"]
     os.unlink(big)
+
+
+def test_a_stopped_synth_keeps_finished_chests_or_leaves_no_new_folder(tmp_path, monkeypatch, capsys):
+    from axonct.data import synthetic_cache
+
+    real = synthetic_cache.schema.write_case
+    calls = []
+
+    def stop_on(n):
+        def write(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                raise output_policy.Terminated()
+            return real(*a, **k)
+        return write
+
+    args = ["synth", "--count", "2", "--seed", "11", "--preset", "tiny", "--out"]
+    monkeypatch.setattr(synthetic_cache.schema, "write_case", stop_on(1))
+    assert cli.main(args + [str(tmp_path / "first")]) == 143
+    assert not (tmp_path / "first").exists()  # stopped before its first chest: nothing left
+    calls.clear()
+    monkeypatch.setattr(synthetic_cache.schema, "write_case", stop_on(2))
+    assert cli.main(args + [str(tmp_path / "second")]) == 143
+    assert len(list((tmp_path / "second" / "cases").iterdir())) == 1  # the finished chest stays
+    monkeypatch.setattr(synthetic_cache.schema, "write_case", real)
+    assert cli.main(args + [str(tmp_path / "second")]) == 0
+    assert len(json.loads((tmp_path / "second" / "manifest.json").read_text())["cases"]) == 2
