@@ -56,7 +56,8 @@ $AXON train controlnet --data $CACHES --config $CFG --out $RUNS/controlnet --pri
     --steps "$STEPS_CONTROLNET" --no-progress $(start controlnet) &
 ( $AXON train sr --data $CACHES --config $CFG --out $RUNS/sr --steps "$STEPS_SR" --no-progress $(start sr)
   [ -f $RUNS/lung_fields/lung_fields.safetensors ] || \
-      $AXON train lung-fields --out $RUNS/lung_fields --steps "$STEPS_LUNG_FIELDS" ) &
+      $AXON train lung-fields --out $RUNS/lung_fields --steps "$STEPS_LUNG_FIELDS" \
+          --ct "$DATA/ct/train/ct01_popi00_fullres.nii.gz" "$DATA/ct/train/ct06_cip_testinput.nii.gz" ) &
 wait
 
 # ---- the candidate weights folder (shipped only if it beats the current weights on real data)

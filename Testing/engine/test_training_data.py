@@ -4,6 +4,7 @@ patients kept together in splits, and a ControlNet fine-tuned on a new prior."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,8 +221,6 @@ def test_a_patient_table_without_the_columns_is_refused(tmp_path, real_ct_path):
 def test_the_prior_fine_tunes_from_a_published_folder_that_keeps_it_inside_the_controlnet(
         tiny_cache, tiny_weights, tmp_path, one_thread):
     """Shipped weights hold no prior.safetensors: the frozen prior is saved in controlnet.safetensors."""
-    import shutil
-
     from axonct.pipeline.checkpoint import load_stage
     from axonct.presets import model_preset
     from axonct.training.trainer import train
@@ -240,3 +239,22 @@ def test_the_prior_fine_tunes_from_a_published_folder_that_keeps_it_inside_the_c
     inside, _ = load_stage(published, "controlnet")
     for k, v in state.items():
         assert torch.equal(v, inside[f"prior.{k}"]), k
+
+
+def test_the_lung_field_network_learns_from_every_training_ct(real_ct_path, tmp_path):
+    from axonct.training.lung_fields import train_lung_fields
+
+    other = tmp_path / "P9_chest.nii.gz"
+    shutil.copy(real_ct_path, other)  # stands in for another patient's CT without a label map
+    card = train_lung_fields(tmp_path / "out", steps=1, seed=0, pool=3, val_cases=1, batch_size=2,
+                             data_cfg=data_preset("tiny"), extra_cts=[other], log=lambda m: None)
+    record = card["trained_on"]
+    assert record["source_ct"][1] == str(other) and record["chests_per_source"] == [2, 1]
+    assert record["cases"] == ["reference", "train-000", "train-001", "P9_chest-reference", "P9_chest-train-000"]
+
+
+def test_ct_sources_are_only_for_the_lung_field_stage(tiny_cache, tmp_path, real_ct_path):
+    r = subprocess.run([*AXON, "train", "sr", "--data", str(tiny_cache), "--out", str(tmp_path / "r"),
+                        "--ct", str(real_ct_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--ct is for the lung-fields stage" in r.stderr
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from axonct import options
 from axonct.errors import STORAGE_ERRNOS, AxonInputError, AxonRunError
@@ -282,11 +283,17 @@ def cmd_train(args) -> int:
     from axonct.presets import load_preset
     from axonct.training.trainer import train
 
+    if args.ct and args.stage != "lung-fields":
+        raise AxonInputError(None, f"--ct is for the lung-fields stage; the {args.stage} stage reads --data caches")
+    for ct in args.ct or ():
+        if not Path(ct).is_file():
+            raise AxonInputError(ct, "does not exist or is not a file (--ct needs CT volume files)")
     if args.stage == "lung-fields":
         from axonct.training.lung_fields import train_lung_fields
 
         summary = train_lung_fields(args.out, args.steps or 1400, seed=args.seed or 0, device=args.device
-                                    if args.device != "auto" else "cpu", log=lambda m: print(m, file=sys.stderr))
+                                    if args.device != "auto" else "cpu", log=lambda m: print(m, file=sys.stderr),
+                                    extra_cts=args.ct or ())
         print(json.dumps(summary, default=str))
         return 0
     if not args.data:
@@ -401,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--ct", nargs="+", help="lung-fields: training CTs of other patients, beside the sample CT "
+                                            "(labelled from HU; their synthetic chests share the pool)")
     p.add_argument("--prior", help="run folder holding prior.safetensors (controlnet stage)")
     p.add_argument("--coarse", help="run folder holding coarse.safetensors (controlnet stage)")
     p.add_argument("--init-from", help="weights or run folder whose weights of this stage start a fresh run "

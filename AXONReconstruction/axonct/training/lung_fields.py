@@ -144,6 +144,11 @@ def _pool_signature(data_cfg: DataConfig, rotation: Rotation3D | None) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _stem(path) -> str:
+    name = Path(path).name
+    return name.split(".")[0] or name
+
+
 def build_pool(generator, names_seeds: Sequence[tuple[str, int | None]], cache_dir: str | Path | None,
                rotation: Rotation3D | None = None, log: Callable = print) -> dict:
     """Line integrals [N, V, P, P] and lung path lengths (mm) for the named cases.
@@ -332,10 +337,13 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
                       validate_every: int = 250, data_cfg: DataConfig | None = None,
                       net_cfg: LungFieldConfig | None = None, generator=None,
                       realism: RealismConfig | None = None, jitter: JitterConfig | None = None,
-                      rotation: Rotation3D | None = Rotation3D(), blank_probability: float = 0.03) -> dict:
+                      rotation: Rotation3D | None = Rotation3D(), blank_probability: float = 0.03,
+                      extra_cts: Sequence[str | Path] = ()) -> dict:
     """Train the lung-field net and write ``lung_fields.safetensors`` + ``lung_fields.json`` into
-    ``out_dir``; returns the card. ``pool`` synthetic chests (plus the sample CT) are cached under
-    ``out_dir/pool``; ``generator`` may be passed to reuse a loaded SyntheticChestGenerator."""
+    ``out_dir``; returns the card. ``pool`` synthetic chests (plus each source CT itself) are cached
+    under ``out_dir/pool``, shared evenly between the sample CT and ``extra_cts`` (training CTs of
+    other patients, labelled from HU); ``generator`` may be passed to reuse a loaded
+    SyntheticChestGenerator of the sample CT. Validation stays on held-out chests of the sample CT."""
     from axonct.data.synthetic_anatomy import GENERATOR_VERSION, SEED_SCHEME, SyntheticChestGenerator, case_seed
     from axonct.presets import model_preset
 
@@ -355,11 +363,17 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
     elif generator.config.to_dict() != data_cfg.to_dict():
         raise ValueError("the generator's data config differs from data_cfg")
 
-    train_seeds = [case_seed(TRAIN_SET_SEED, i) for i in range(pool)]
+    sources = [("", generator)] + [(f"{_stem(p)}-", SyntheticChestGenerator(data_cfg, ct_path=p)) for p in extra_cts]
+    per_source = [pool // len(sources) + (k < pool % len(sources)) for k in range(len(sources))]
+    train_seeds = [case_seed(TRAIN_SET_SEED, i) for i in range(max(per_source))]
     val_seeds = [case_seed(VAL_SET_SEED, i) for i in range(val_cases)]
     cache = out_dir / "pool"
-    train_pool = build_pool(generator, [("reference", None)] + [(f"train-{i:03d}", s) for i, s in enumerate(train_seeds)],
-                            cache, rotation, log)
+    pools = [build_pool(g, [(f"{prefix}reference", None)] + [(f"{prefix}train-{i:03d}", s) for i, s in
+                                                           enumerate(train_seeds[:n])], cache, rotation, log)
+             for (prefix, g), n in zip(sources, per_source)]
+    train_pool = {"names": [name for p_ in pools for name in p_["names"]],
+                  "line_integrals": torch.cat([p_["line_integrals"] for p_ in pools]),
+                  "thickness": torch.cat([p_["thickness"] for p_ in pools])}
     val_pool = build_pool(generator, [(f"val-{i:03d}", s) for i, s in enumerate(val_seeds)], cache, None, log)
     vset = validation_set(val_pool, data_cfg, net_cfg.size, net_cfg.min_thickness_mm, seed, realism, jitter)
 
@@ -439,14 +453,16 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
             },
             "data": json.loads(json.dumps(data_cfg.to_dict())),
             "trained_on": {
-                "source_ct": SOURCE_CT,
-                "real_images": ["LIDC-IDRI-0001 (as the undeformed reference case)"],
-                "rule": "simulated radiographs of the sample CT and of synthetic chests derived from it only",
+                "source_ct": SOURCE_CT if not extra_cts else [SOURCE_CT, *[str(p) for p in extra_cts]],
+                "real_images": ["LIDC-IDRI-0001 (as the undeformed reference case)"] + [
+                    f"{p} (undeformed, labelled from HU)" for p in extra_cts],
+                "rule": "simulated radiographs of the source CTs and of synthetic chests derived from them only",
+                "chests_per_source": per_source,
                 "generator_version": GENERATOR_VERSION,
                 "seed_scheme": SEED_SCHEME,
                 "train_set_seed": TRAIN_SET_SEED,
                 "train_seeds": [str(s) for s in train_seeds],
-                "cases": ["reference"] + [f"SYN{TRAIN_SET_SEED}-{i:05d}" for i in range(pool)],
+                "cases": train_pool["names"],
                 "rotation_3d": None if rotation is None else dataclasses.asdict(rotation),
             },
             "training": {
