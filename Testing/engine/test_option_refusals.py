@@ -77,3 +77,22 @@ def test_the_pipeline_refuses_more_steps_than_its_schedulers_have(tiny_weights):
         pipe.check_steps(limit + 1)
     with pytest.raises(AxonInputError, match="training timesteps"):
         pipe.work_plan(steps=limit + 1)
+
+
+@pytest.mark.parametrize("args", [
+    ["demo", "--weights", "nowhere", "--out", "o"],
+    ["drr", "--ct", "missing.nii.gz", "--out", "o"],
+    ["prepare", "--ct", "missing", "--out", "o"],
+    ["train", "coarse", "--data", "missing", "--out", "o"],
+    ["reconstruct", "--frontal", "missing.png", "--out", "o.nrrd"],
+    ["evaluate", "--pred", "missing.nrrd", "--gt", "missing.nii.gz", "--montage", "o.png"],
+    ["benchmark", "pipeline", "--config", "nope", "--json", "o.json"],
+    ["gallery", "--real", "missing.png", "--out", "o.png"],
+    ["synth", "--ct", "missing.nii.gz", "--out", "o", "--count", "1"],
+    ["fetch-data", "--dir", "a_file"],
+], ids=lambda a: a[0])
+def test_every_command_refuses_a_missing_input_in_one_line_and_writes_nothing(tmp_path, args):
+    (tmp_path / "a_file").write_text("")
+    proc = axon(*args, cwd=tmp_path)
+    assert_one_line_refusal(proc, f"axon {args[0]}: error:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

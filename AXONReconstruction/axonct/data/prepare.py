@@ -299,7 +299,7 @@ def _fill_cache(run: RunFolder, inputs, cfg: DataConfig, patient_table, id_lists
         _log_result(problem, run, quiet)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     bar = None
-    if progress:
+    if progress and todo:  # no bar before a refusal of every input: the error is the one line
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="prepare", unit="case")

@@ -15,6 +15,7 @@ import torch
 
 from axonct.io.atomic import write_text
 from axonct.config import ProjectionGeometry, VolumeGrid
+from axonct.errors import AxonInputError
 from axonct.runtime import cpu_identity, resolve_device, resolve_precision
 
 DRR_GOAL_SECONDS = {"cpu": 2.0, "cuda": 0.05}  # a biplanar pair at 256^2
@@ -196,10 +197,16 @@ def benchmark_pipeline(config: str = "cpu", weights: str | None = None, steps: i
     from axonct.presets import load_preset
     from axonct.models.sr import upsample_tiled
 
+    preset = None
+    if not weights:
+        try:
+            preset = load_preset(config)
+        except (FileNotFoundError, ValueError) as exc:
+            raise AxonInputError(None, f"--config: {exc}") from None
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     pipe = AxonPipeline.load(weights, dev, precision=prec) if weights else \
-        AxonPipeline.untrained(load_preset(config), dev, precision=prec)
+        AxonPipeline.untrained(preset, dev, precision=prec)
     p = pipe.preset
     n, views_px = p.diffusion_grid.size, p.data.geometry.detector_pixels
     c_steps, f_steps = steps or pipe.sampling.coarse_steps, steps or pipe.sampling.fine_steps
