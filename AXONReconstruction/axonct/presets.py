@@ -17,6 +17,7 @@ from .config import DataConfig, data_preset
 
 
 INPUT_DOMAINS = ("matched", "equalized", "percentile")
+PRESET_NAMES = ("tiny", "cpu", "cpu-wide", "paper")
 
 
 def check_quantile_table(table, what: str = "a quantile table") -> None:
@@ -200,10 +201,10 @@ def model_preset(name: str) -> ModelPreset:
             sr=SRConfig(channels=16, blocks=2, train_patch=16, tile=32, tile_overlap=8),
             train=TrainConfig(steps=300, batch_size=2, lr=1e-3, checkpoint_every=100, validate_every=100),
         )
-    if name == "cpu":
+    if name in ("cpu", "cpu-wide"):  # the same networks; cpu-wide sees the whole chest (`config.data_preset`)
         return ModelPreset(
-            name="cpu",
-            data=data_preset("cpu"),
+            name=name,
+            data=data_preset(name),
             coarse=CoarseConfig(encoder_channels=(16, 32), lifted_channels=8, fusion_channels=16,
                                 unet_channels=(16, 32, 64), sample_steps=20),
             prior=PriorConfig(channels=(16, 32, 64), sample_steps=20, controlnet_conditioning_channels=(16,)),
@@ -222,16 +223,16 @@ def model_preset(name: str) -> ModelPreset:
             sr=SRConfig(channels=64, blocks=8, train_patch=48, tile=96, tile_overlap=20),
             train=TrainConfig(steps=200_000, batch_size=2, lr=1e-4, checkpoint_every=5000, validate_every=5000),
         )
-    raise ValueError(f"unknown preset {name!r}; choose tiny, cpu or paper")
+    raise ValueError(f"unknown preset {name!r}; choose {', '.join(PRESET_NAMES)}")
 
 
 def load_preset(name_or_file: str) -> ModelPreset:
     """A preset name, or a JSON file (a full preset dict, or {"base": name, ...overrides})."""
-    if name_or_file in ("tiny", "cpu", "paper"):
+    if name_or_file in PRESET_NAMES:
         return model_preset(name_or_file)
     path = Path(name_or_file)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such preset or config file (presets: tiny, cpu, paper)")
+        raise FileNotFoundError(f"{path}: no such preset or config file (presets: {', '.join(PRESET_NAMES)})")
     d = json.loads(path.read_text())
     if "base" in d:
         base = model_preset(d.pop("base")).to_dict()

@@ -48,8 +48,8 @@ def _add_precision_option(p: argparse.ArgumentParser, legacy_amp: bool = False) 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model grid and projection geometry (defaults: the preset's)")
-    g.add_argument("--preset", default="paper", choices=["tiny", "cpu", "paper"],
-                   help="grid/geometry preset (final cube / views): tiny 64^3/64^2, cpu 128^3/128^2, paper 256^3/128^2 (default)")
+    g.add_argument("--preset", default="paper", choices=["tiny", "cpu", "cpu-wide", "paper"],
+                   help="grid/geometry preset (final cube / views): tiny 64^3/64^2, cpu 128^3/128^2, cpu-wide 128^3/128^2 over a whole chest (440 mm, chest-room geometry), paper 256^3/128^2 (default)")
     g.add_argument("--size", type=options.bounded_int(8, 1024, "the cube side"), help="cube side in voxels (8-1024)")
     g.add_argument("--fov", type=options.positive_float("--fov", 2000.0), help="cube side in mm (default 320)")
     g.add_argument("--pixels", type=options.bounded_int(8, 4096, "the detector side"),
@@ -291,16 +291,22 @@ def cmd_train(args) -> int:
     if args.stage == "lung-fields":
         from axonct.training.lung_fields import train_lung_fields
 
+        data_cfg = None  # the bundled weights' preset (cpu) unless --config names another
+        if args.config is not None:
+            try:
+                data_cfg = load_preset(args.config).data
+            except (FileNotFoundError, ValueError) as exc:
+                raise AxonInputError(args.config, str(exc)) from None
         summary = train_lung_fields(args.out, args.steps or 1400, seed=args.seed or 0, device=args.device
                                     if args.device != "auto" else "cpu", log=lambda m: print(m, file=sys.stderr),
-                                    extra_cts=args.ct or ())
+                                    extra_cts=args.ct or (), data_cfg=data_cfg)
         print(json.dumps(summary, default=str))
         return 0
     if not args.data:
         raise AxonInputError(None, f"training the {args.stage} stage needs --data CACHE (from `axon prepare` or `axon synth`)")
 
     try:
-        preset = load_preset(args.config)
+        preset = load_preset(args.config or "tiny")
     except (FileNotFoundError, ValueError) as exc:
         raise AxonInputError(args.config, str(exc)) from exc
     if args.steps is not None:
@@ -404,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "lung-field network (simulated radiographs of the sample CT and synthetic chests; no --data)")
     p.add_argument("--data", nargs="+", help="cache folder(s) from `axon prepare` or `axon synth` (same preset); "
                                              "several are drawn equally often. Every stage but lung-fields")
-    p.add_argument("--config", default="tiny", help="preset tiny|cpu|paper or a JSON config file")
+    p.add_argument("--config", help="preset tiny|cpu|cpu-wide|paper or a JSON config file (default: tiny; for "
+                                     "lung-fields the grid and geometry of cpu, the bundled weights')")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

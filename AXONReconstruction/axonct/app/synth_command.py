@@ -17,7 +17,7 @@ def add_synth_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="set seed; case i uses a seed derived from (set seed, i). Use different set seeds "
                              "for training and held-out sets")
-    parser.add_argument("--preset", default="cpu", help="data preset: tiny, cpu or paper")
+    parser.add_argument("--preset", default="cpu", help="data preset: tiny, cpu, cpu-wide or paper")
     parser.add_argument("--split", default="train", choices=("train", "val", "test"),
                         help="split that lists all the cases")
     parser.add_argument("--ct", default=None, help="source chest CT (default: the LIDC-IDRI-0001 sample)")
