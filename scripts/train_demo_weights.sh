@@ -54,3 +54,5 @@ cp $RUNS/coarse_ft/coarse.safetensors $RUNS/coarse_ft/coarse.json $DEST/
 # not the patient's when they redraw more.
 .venv/bin/python scripts/set_sampling_defaults.py $DEST --fine-strength 0.0
 echo "weights in $DEST"
+# ---- phase 4 (a candidate, bundled only when it beats these on real held-out data):
+# bash scripts/retrain_all_patients.sh ../shared/data $DEST   -> runs/retrain/weights (candidates/cpu-wide)
