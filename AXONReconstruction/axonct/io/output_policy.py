@@ -417,10 +417,9 @@ class RunFolder:
       (`keep`: its first case or checkpoint), so a refused or cancelled run leaves no folder behind.
     """
 
-    def __init__(self, command: str, folder: str | Path, names: list[str], owned=None, expected_bytes: int = 0):
+    def __init__(self, command: str, folder: str | Path, names: list[str], owned=None):
         self.command, self.folder, self.names = command, Path(folder), list(names)
         self._owned = owned or (lambda folder: False)
-        self.expected_bytes = expected_bytes
         self.created = False
         self.kept = False
 
@@ -436,7 +435,7 @@ class RunFolder:
                     raise AxonInputError(path, f"already exists and was not written by AXON (or was changed since); "
                                                f"`axon {self.command}` would write it and never replaces it: choose "
                                                "another --out folder")
-        check_location(folder, self.expected_bytes)
+        check_location(folder)
 
     def __enter__(self) -> "RunFolder":
         self.check()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from axonct.errors import AxonInputError
+from axonct.errors import AxonInputError, disk_full_error, itk_reason
 
 FORMATS = {".nrrd": "nrrd", ".nhdr": "nrrd", ".nii": "nifti", ".nii.gz": "nifti", ".mha": "mha"}
 
@@ -100,8 +100,6 @@ def write_volume(image: sitk.Image, path: str | Path, description: str = "AXON r
 def write_itk(image: sitk.Image, path: str | Path) -> None:
     """``sitk.WriteImage`` whose failures say why in one line. ITK reports a full disk as a
     RuntimeError of many lines; it becomes the OSError it is (ENOSPC), anything else an input error."""
-    from axonct.errors import disk_full_error, itk_reason
-
     path = Path(path)
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
