@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AXONReconstruction"))
 
 from axonct.data.datasets import Augmentation, BatchMaker, CTCache  # noqa: E402
-from axonct.io.atomic import write_text  # noqa: E402
+from axonct.atomic import write_text  # noqa: E402
 from axonct.pipeline.checkpoint import read_card, stage_paths  # noqa: E402
 from axonct.presets import ModelPreset  # noqa: E402
 from axonct.training.trainer import INPUT_TABLE_SAMPLES, with_input_tables  # noqa: E402

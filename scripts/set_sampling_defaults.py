@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AXONReconstruction"))
 
-from axonct.io.atomic import write_text  # noqa: E402
+from axonct.atomic import write_text  # noqa: E402
 from axonct.pipeline.checkpoint import read_card  # noqa: E402
 from axonct.pipeline.loading import SAMPLING_FILE, SamplingDefaults  # noqa: E402
 from axonct.presets import ModelPreset  # noqa: E402

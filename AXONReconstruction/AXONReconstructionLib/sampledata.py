@@ -34,7 +34,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from axonct.io.atomic import sha256_file  # standard library only: no torch needed to load the module
+from axonct.atomic import sha256_file  # standard library only: no torch needed to load the module
 
 CATEGORY = "AXON"
 SAMPLE_CASE_NAME = "AXON chest case"

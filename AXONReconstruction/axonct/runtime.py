@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text
 from .errors import AxonInputError
 from .options import LEGACY_PRECISION, PRECISIONS
 
@@ -229,9 +230,6 @@ def _store(path: Path, key: str, entry: dict) -> None:
         except (OSError, ValueError):
             data = {}
         data[key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written whole, then renamed
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, indent=1))  # whole or not at all: two runs may probe at once
     except OSError:
         pass

@@ -425,7 +425,7 @@ def test_child_cases_have_child_proportions(gen):
 
 
 def test_cache_readable_resumable_and_batchable(gen, tmp_path):
-    from axonct.io.atomic import PARTIAL_TAG
+    from axonct.atomic import PARTIAL_TAG
     from axonct.data.datasets import Augmentation, BatchMaker, CTCache
 
     out = tmp_path / "train"

@@ -30,7 +30,7 @@ import numpy as np
 
 from axonct.config import DataConfig
 from axonct.errors import AxonInputError, disk_full_error
-from axonct.io.atomic import atomic_dir, write_text
+from axonct.atomic import atomic_dir, write_text
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -24,7 +24,7 @@ import numpy as np
 from axonct.config import DataConfig
 from axonct.data import cache_schema as schema
 from axonct.errors import STORAGE_ERRNOS, AxonInputError, AxonRunError
-from axonct.io.atomic import remove_partials
+from axonct.atomic import remove_partials
 from axonct.io.output_policy import RunFolder
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")

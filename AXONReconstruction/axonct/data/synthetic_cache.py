@@ -22,7 +22,7 @@ from axonct.data.synthetic_anatomy import (
     case_seed,
 )
 from axonct.errors import AxonInputError
-from axonct.io.atomic import remove_partials
+from axonct.atomic import remove_partials
 from axonct.io.output_policy import RunFolder
 
 

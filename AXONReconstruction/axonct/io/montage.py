@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from axonct.errors import AxonInputError
-from axonct.io.atomic import atomic_path
+from axonct.atomic import atomic_path
 
 
 def to_uint8(img: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:

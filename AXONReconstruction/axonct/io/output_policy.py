@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from axonct.io.atomic import PARTIAL_TAG, partial_name
+from axonct.atomic import PARTIAL_TAG, partial_name, write_text
 from axonct.errors import AxonInputError
 
 MANIFEST = ".axon-outputs.json"
@@ -163,12 +163,7 @@ def _write_manifest(folder: Path, command: str, names: list[str], removed: list[
             files.pop(name, None)
     text = json.dumps({"about": "files written by AXON here; `--overwrite` may replace only these",
                        "format": 1, "files": dict(sorted(files.items()))}, indent=1)
-    tmp = partial_name(folder / MANIFEST)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, folder / MANIFEST)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(folder / MANIFEST, text)
 
 
 # ----------------------------------------------------------------------------- locations

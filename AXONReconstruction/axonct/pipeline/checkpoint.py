@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from axonct.io.atomic import atomic_path, sha256_file, write_text
+from axonct.atomic import atomic_path, sha256_file, write_text
 from axonct.errors import AxonInputError
 from axonct.presets import ModelPreset, network_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from axonct.io.atomic import write_text
+from axonct.atomic import write_text
 from axonct.config import ProjectionGeometry, VolumeGrid
 from axonct.errors import AxonInputError
 from axonct.runtime import cpu_identity, resolve_device, resolve_precision

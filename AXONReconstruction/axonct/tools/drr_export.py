@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from axonct.io.atomic import atomic_path
+from axonct.atomic import atomic_path
 from axonct.config import DataConfig
 from axonct.data.training_pair import make_training_pair
 from axonct.physics.geometry import view_geometry

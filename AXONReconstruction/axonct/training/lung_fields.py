@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from axonct.config import DataConfig
-from axonct.io.atomic import atomic_path, sha256_file, write_text
+from axonct.atomic import atomic_path, sha256_file, write_text
 from axonct.models.lung_fields import (CARD_FILE, CARD_KIND, FORMAT_VERSION, WEIGHTS_FILE, LungFieldConfig,
                                        LungFieldNet, lung_thickness_mm, parameter_count)
 from axonct.physics import xray_realism

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from axonct import runtime
-from axonct.io.atomic import atomic_path, write_text
+from axonct.atomic import atomic_path, write_text
 from axonct.pipeline.checkpoint import read_resume, save_stage
 from axonct.data.datasets import Augmentation, BatchMaker, CacheSet, open_caches, step_generator
 from axonct.errors import AxonInputError

@@ -1,7 +1,9 @@
 """Write files and folders so that a crash or a cancel never leaves a half-written result.
 
 Everything is written under a temporary name in the destination folder and renamed into place
-(rename is atomic on one file system).
+(rename is atomic on one file system). The one place this is done: the engine, the output policy
+(which stages a run's files with `partial_name`) and the Slicer panel all build on it. Standard
+library only, so the GUI process can use it without loading torch.
 """
 
 from __future__ import annotations
