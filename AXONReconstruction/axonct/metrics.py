@@ -1,13 +1,15 @@
-"""Image-quality metrics on normalised volumes (values in [0, 1]).
+"""Image-quality metrics on normalised volumes (values in [0, 1]), and mask overlap.
 
 Honest convention (used in training logs): PSNR over the whole 3D volume with peak 1, and 3D SSIM
-with a Gaussian window (sigma 1.5, 11^3 support), both on [0, 1] data.
+with a Gaussian window (sigma 1.5, 11^3 support), both on [0, 1] data. Dice compares lung-field
+masks (network, reconstruction, radiologist) wherever they are scored.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +48,10 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, win:
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return float(s.mean())
+
+
+def dice(pred, target, eps: float = 1e-6) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    p, t = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
+    inter, total = float(np.logical_and(p, t).sum()), float(p.sum() + t.sum())
+    return 1.0 if total == 0 else (2.0 * inter + eps) / (total + eps)

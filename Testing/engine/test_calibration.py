@@ -12,7 +12,8 @@ import torch
 from axonct.guidance.calibration import ViewCalibration, border_mask, fit_calibrations, fit_view_calibration
 from axonct.config import ProjectionGeometry, VolumeGrid
 from axonct.physics.drr import drr_from_unit_volume
-from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
+from axonct.transforms.normalize import robust_unit
 
 P = 64
 

@@ -12,7 +12,7 @@ from axonct.config import data_preset
 from axonct.guidance.consistency import ConsistencyConfig, ViewConsistency, conjugate_gradient, fade_weight
 from axonct.io.ct_preprocess import ct_to_model
 from axonct.physics.drr import drr_from_unit_volume
-from axonct.physics.xray_realism import robust_unit
+from axonct.transforms.normalize import robust_unit
 from synthetic import synthetic_chest
 
 DATA = data_preset("tiny")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from axonct.io.radiograph_preprocess import match_views
+from axonct.transforms.grey_values import match_views
 from axonct.pipeline.checkpoint import read_card
 from axonct.pipeline.loading import load_trained_stage
 from axonct.presets import ModelPreset, model_preset, network_config

@@ -17,9 +17,12 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "AXONReconstruction" / "axonct"
 
-LAYERS = ("core", "io", "physics", "models", "guidance", "pipeline", "data", "training", "tools", "app")
-"""Lowest first: a module may import its own layer or a lower one. Core = the top-level modules."""
-INFERENCE = ("core", "io", "physics", "models", "guidance", "pipeline")
+LAYERS = ("core", "transforms", "io", "physics", "models", "guidance", "pipeline", "data", "training", "tools",
+          "app")
+"""Lowest first: a module may import its own layer or a lower one. Core = the top-level modules.
+transforms (pure image preprocessing) sits below io and physics: the realism simulation (physics)
+normalises with the same rule as the model views."""
+INFERENCE = ("core", "transforms", "io", "physics", "models", "guidance", "pipeline")
 PLATFORM_ONLY = ("resource", "fcntl", "termios", "grp")
 """POSIX-only modules Windows lacks (the Slicer platform most users have)."""
 
@@ -74,6 +77,20 @@ def test_inference_imports_nothing_from_data_training_tools_or_app():
     wrong = [f"{a} imports {b}" for a, b, _ in import_edges()
              if _layer(a) in INFERENCE and _layer(b) not in INFERENCE]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_networks_import_no_file_reading():
+    """models/ takes arrays and tensors: its preprocessing comes from transforms, never from io."""
+    wrong = [f"{a} (line {line}) imports {b}" for a, b, line in import_edges()
+             if _layer(a) == "models" and _layer(b) == "io"]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_old_preprocessing_module_keeps_its_one_importer():
+    """io.radiograph_preprocess only re-exports the window transforms for pipeline/framing.py (frozen
+    while a training run uses it); new code imports axonct.transforms."""
+    users = sorted({a for a, b, _ in import_edges() if b == "axonct.io.radiograph_preprocess"})
+    assert users in ([], ["axonct.pipeline.framing"]), users
 
 
 def test_the_layer_test_sees_a_wrong_arrow(tmp_path, monkeypatch):

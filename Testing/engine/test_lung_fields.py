@@ -14,8 +14,9 @@ import torch
 
 from axonct.config import DataConfig, ProjectionGeometry, VolumeGrid
 from axonct.errors import AxonInputError
+from axonct.metrics import dice
 from axonct.models.lung_fields import (CARD_FILE, WEIGHTS_FILE, LungFieldNet, LungFieldSegmenter,
-                                       bundled_weights_dir, dice, load_lung_field_segmenter,
+                                       bundled_weights_dir, load_lung_field_segmenter,
                                        lung_thickness_mm, parameter_count, project_lung_fields)
 
 HELD_OUT_DICE = 0.85
@@ -162,7 +163,7 @@ def test_bundled_segmenter_on_held_out_chests(generator, segmenter):
 def test_segmenter_shapes_sizes_and_card(segmenter, reference, generator):
     chest, mask = reference
     views = torch.from_numpy(chest.render_drr())
-    from axonct.physics.xray_realism import robust_unit
+    from axonct.transforms.normalize import robust_unit
 
     img = robust_unit(views[:, None])[:, 0].numpy()
     p = segmenter.probabilities(img)
@@ -188,7 +189,7 @@ def test_segmenter_shapes_sizes_and_card(segmenter, reference, generator):
 
 def test_segmenter_ignores_monotone_luts_and_blank_images(segmenter, reference):
     chest, _ = reference
-    from axonct.physics.xray_realism import robust_unit
+    from axonct.transforms.normalize import robust_unit
 
     img = robust_unit(torch.from_numpy(chest.render_drr())[:, None])[:, 0].numpy()
     p = segmenter.probabilities(img)

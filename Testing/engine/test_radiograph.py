@@ -1,4 +1,4 @@
-"""Reading real and synthetic radiographs, and turning them into model views."""
+"""Reading real and synthetic radiographs (turning them into model views: test_transforms.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ from pydicom.data import get_testdata_file
 
 from axonct.errors import AxonInputError
 from axonct.io.radiograph import Radiograph, read_radiograph
-from axonct.io.radiograph_preprocess import (
-    match_histogram,
-    normalize_view,
-    quantile_table,
-    to_model_view,
-)
 
 RG1 = get_testdata_file("RG1_UNCR.dcm")
 
@@ -274,61 +268,6 @@ def test_volume_file_is_refused(tmp_path):
     sitk.WriteImage(vol, str(path))
     with pytest.raises(AxonInputError, match=r"ct\.nii\.gz.*is a 3-D volume.*not a radiograph"):
         read_radiograph(path)
-
-
-# ------------------------------------------------------------------------------- model view
-
-
-def test_to_model_view_shape_range_and_padding_keeps_aspect():
-    rg = read_radiograph(RG1)
-    v = to_model_view(rg, 64)
-    assert v.shape == (64, 64) and v.dtype == np.float32
-    assert v.min() == 0.0 and v.max() == 1.0
-
-    img = np.zeros((60, 120), np.float32)
-    img[20:40, 50:70] = 1.0  # a 20 x 20 bright square in a 2:1 image
-    for crop in ("pad", "center"):
-        out = to_model_view(img, 48, crop=crop, percentiles=(0, 100))
-        rows, cols = np.nonzero(out > 0.5)
-        height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
-        assert abs(height - width) <= 1, crop
-    pad = to_model_view(img, 48, crop="pad", percentiles=(0, 100))
-    rows, cols = np.nonzero(pad > 0.5)
-    assert abs((np.ptp(rows) + 1) - 8) <= 1  # 20 px of a 120 px side -> 8 px of 48
-    assert pad[0, 0] == 0.0 and pad[-1, -1] == 0.0  # padding is the background level
-
-
-def test_normalize_view_uses_percentiles_and_clips():
-    rng = np.random.default_rng(1)
-    img = rng.random((100, 100))
-    img[0, 0], img[0, 1] = 50.0, -50.0  # outliers must not decide the contrast
-    out = normalize_view(img, (1, 99))
-    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
-    assert 0.4 < float(np.median(out)) < 0.6
-    assert (out == 1.0).mean() < 0.02
-
-
-def test_match_histogram_matches_quantiles_and_is_monotone():
-    rng = np.random.default_rng(2)
-    img = read_radiograph(RG1).pixels[::8, ::8]
-    reference = rng.beta(2.0, 5.0, size=(128, 128)).astype(np.float32)
-    out = match_histogram(img, reference)
-    assert out.shape == img.shape
-    probs = np.linspace(0.02, 0.98, 25)
-    np.testing.assert_allclose(np.quantile(out, probs), np.quantile(reference, probs), atol=0.01)
-    assert out.min() >= reference.min() - 1e-6 and out.max() <= reference.max() + 1e-6
-
-    order = np.argsort(img.ravel(), kind="stable")
-    assert np.all(np.diff(out.ravel()[order]) >= 0)
-    a, b = img.ravel(), out.ravel()  # equal inputs give equal outputs
-    same = a == a[0]
-    assert np.all(b[same] == b[0])
-
-    table = quantile_table(reference, 256)
-    assert table.shape == (256,) and np.all(np.diff(table) >= 0)
-    out_t = match_histogram(img, table)
-    np.testing.assert_allclose(np.quantile(out_t, probs), np.quantile(reference, probs), atol=0.01)
-    assert np.abs(out_t - out).mean() < 0.005  # a 256-entry table is as good as the image
 
 
 def test_itk_radiograph_spacing_is_kept_but_a_default_1mm_is_unknown(tmp_path):

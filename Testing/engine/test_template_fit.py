@@ -20,7 +20,8 @@ from axonct.physics.drr import drr_from_unit_volume
 from axonct.errors import AxonInputError
 from axonct.metrics import psnr
 from axonct.guidance.template_fit import TemplateFit, affine_warp, default_template, fit_template
-from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
+from axonct.transforms.normalize import robust_unit
 from synthetic import synthetic_chest
 
 WORK = 32

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from axonct.io.radiograph_preprocess import equalize_views
+from axonct.transforms.grey_values import equalize_views
 from axonct.physics.xray_realism import (
     RealismConfig,
     apply_view_transform,

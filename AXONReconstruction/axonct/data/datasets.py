@@ -21,7 +21,8 @@ from axonct.data import cache_schema as schema
 from axonct.physics.drr import drr_from_unit_volume
 from axonct.physics.geometry import rotation_matrix
 from axonct.errors import AxonInputError
-from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
+from axonct.transforms.normalize import robust_unit
 
 
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:

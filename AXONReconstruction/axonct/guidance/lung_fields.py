@@ -123,7 +123,7 @@ def lung_field_agreement(hu: np.ndarray, data, field_probs: np.ndarray, view_mas
     projected the way the lung labels that trained the network were. ``hu``: the volume on
     ``data.grid``; ``field_probs``: (2, P, P)."""
     from axonct.config import VIEWS
-    from axonct.models.lung_fields import dice
+    from axonct.metrics import dice
 
     projected = projected_lung_air(hu, data)
     out = {}

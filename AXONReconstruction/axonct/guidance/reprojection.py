@@ -13,7 +13,7 @@ import torch
 from axonct.config import VIEWS, DataConfig, VolumeGrid
 from axonct.physics.drr import drr_from_unit_volume
 from axonct.metrics import psnr, ssim
-from axonct.physics.xray_realism import robust_unit
+from axonct.transforms.normalize import robust_unit
 
 
 def reproject(unit_volume: np.ndarray, grid: VolumeGrid, data: DataConfig) -> np.ndarray:

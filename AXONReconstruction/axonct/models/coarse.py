@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from axonct.models.brownian_bridge import BrownianBridgeScheduler, Guidance, Progress, randn_like_from
 from axonct.config import DataConfig, VolumeGrid
-from axonct.io.radiograph_preprocess import equalize_views, match_views
+from axonct.transforms.grey_values import equalize_views, match_views
 from axonct.physics.geometry import ViewGeometry, view_geometry
 from axonct.presets import CoarseConfig
 

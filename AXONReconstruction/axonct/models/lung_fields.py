@@ -11,8 +11,8 @@ Two things live here:
 * :class:`LungFieldNet`, a compact 2D UNet that predicts that union of both lungs' fields from one
   radiograph, and :class:`LungFieldSegmenter`, which loads the trained weights (``lung_fields.safetensors``
   plus its card ``lung_fields.json``) and runs it on views of any size. The network rank-equalises
-  its input itself (:func:`~axonct.io.radiograph_preprocess.equalize_views`), so callers pass the
-  plain :func:`~axonct.io.radiograph_preprocess.to_model_view` output of a real radiograph or a DRR.
+  its input itself (:func:`~axonct.transforms.grey_values.equalize_views`), so callers pass the
+  plain :func:`~axonct.transforms.window.to_model_view` output of a real radiograph or a DRR.
 
 The weights are trained by :mod:`axonct.training.lung_fields` on simulated radiographs of the one
 labelled sample CT and synthetic chests derived from it only.
@@ -35,8 +35,8 @@ from torch import nn
 from axonct.config import DataConfig
 from axonct.errors import AxonInputError
 from axonct.atomic import sha256_file
-from axonct.io.radiograph_preprocess import equalize_views
 from axonct.physics.drr import render_views
+from axonct.transforms.grey_values import equalize_views
 
 WEIGHTS_FILE = "lung_fields.safetensors"
 CARD_FILE = "lung_fields.json"
@@ -251,13 +251,13 @@ class LungFieldSegmenter:
         """Lung-field probability per pixel, float32 with the input's shape.
 
         ``views``: [S, S] or [V, S, S] images in [0, 1] (bright = attenuating), e.g. from
-        :func:`~axonct.io.radiograph_preprocess.to_model_view`; any S (resized to the net's size and
+        :func:`~axonct.transforms.window.to_model_view`; any S (resized to the net's size and
         the probabilities back). Non-square images must be squared with ``to_model_view`` first.
         """
         a = np.asarray(views, dtype=np.float32)
         if a.ndim not in (2, 3) or a.shape[-1] != a.shape[-2] or a.shape[-1] < 2:
             raise ValueError(f"expected square views [S, S] or [V, S, S], got shape {a.shape} "
-                             "(square a radiograph with axonct.io.radiograph_preprocess.to_model_view)")
+                             "(square a radiograph with axonct.transforms.window.to_model_view)")
         if not np.all(np.isfinite(a)):
             raise ValueError("views contain NaN or infinite values")
         squeeze = a.ndim == 2
@@ -288,10 +288,3 @@ def load_lung_field_segmenter(weights_dir: str | Path | None = None,
     if not (folder / WEIGHTS_FILE).exists() or not (folder / CARD_FILE).exists():
         return None
     return LungFieldSegmenter.load(folder, device=device)
-
-
-def dice(pred, target, eps: float = 1e-6) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    p, t = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
-    inter, total = float(np.logical_and(p, t).sum()), float(p.sum() + t.sum())
-    return 1.0 if total == 0 else (2.0 * inter + eps) / (total + eps)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from axonct.transforms.normalize import robust_unit
+
 Range = tuple[float, float]
 
 
@@ -158,15 +160,6 @@ def _broad_blur(img: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     rest = (sigma.to(torch.float32) ** 2 - 0.5 * k * k).clamp_min(0.25 * k * k).sqrt() / k
     small = gaussian_blur(small, rest)
     return F.interpolate(small, scale_factor=k, mode="bilinear", align_corners=False)[..., :h, :w]
-
-
-def robust_unit(img: torch.Tensor, lo_q: float = 0.005, hi_q: float = 0.995) -> torch.Tensor:
-    """Batched [B, C, H, W] twin of `radiograph_preprocess.normalize_view` (same 0.5/99.5 percentiles),
-    so training views, DRR checks and real radiographs share one normalisation."""
-    flat = img.flatten(1)
-    q = torch.quantile(flat, torch.tensor([lo_q, hi_q], dtype=flat.dtype, device=flat.device), dim=1)
-    lo, hi = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
-    return ((img - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------

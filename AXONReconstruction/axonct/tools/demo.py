@@ -25,7 +25,8 @@ from axonct.guidance.reprojection import consistency_report
 from axonct.io.sample_data import sample_ct_path
 from axonct.io.output_policy import Outputs
 from axonct.io.volume_export import write_volume
-from axonct.physics.xray_realism import RealismConfig, robust_unit, simulate_radiograph
+from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
+from axonct.transforms.normalize import robust_unit
 
 
 DEMO_FILES = ("reconstruction.nrrd", "ground_truth_model_grid.nrrd", "input_frontal.png", "input_lateral.png",

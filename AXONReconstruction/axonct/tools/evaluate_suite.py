@@ -299,7 +299,7 @@ class _SuiteRun:
                 notes.append(f"mask: {exc}")
         projected = projected_lung_air(unit_to_hu(result.mean, self.data.grid), self.data)[0]
         network = None if result.lung_fields is None else result.lung_fields[0] > 0.5
-        from axonct.models.lung_fields import dice
+        from axonct.metrics import dice
 
         row["network_dice"] = None if (mask_view is None or network is None) else round(dice(network, mask_view), 4)
         row["reconstruction_dice"] = None if mask_view is None else round(dice(projected, mask_view), 4)
@@ -327,7 +327,7 @@ def radiologist_mask_in_view(mask_path: Path, frame, size: int, image_shape: tup
     (large images are reduced while reading; the mask follows)."""
     from PIL import Image
 
-    from axonct.io.radiograph_preprocess import window_image
+    from axonct.transforms.window import window_image
 
     try:
         with Image.open(mask_path) as im:

@@ -62,7 +62,8 @@ def save_domain_gallery(radiographs: list[str | Path], path: str | Path, weights
 
     from axonct.data.synthetic_anatomy import SyntheticChestGenerator
     from axonct.io.radiograph import read_radiograph
-    from axonct.io.radiograph_preprocess import equalize_view, to_model_view
+    from axonct.transforms.grey_values import equalize_view
+    from axonct.transforms.window import to_model_view
     from axonct.models.coarse import coarse_input_views
     from axonct.models.lung_fields import load_lung_field_segmenter, project_lung_fields
     from axonct.physics.xray_realism import RealismConfig, simulate_radiograph
