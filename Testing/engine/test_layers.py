@@ -1,6 +1,10 @@
 """The engine's layers: imports point downwards only, inference needs no training, data, tools or app
 code, platform-only modules are not needed to reconstruct (Windows has no `resource`), the command
 line parses without torch, and a guided sampling step keeps every tensor on the volume's device.
+
+Above the engine: the Slicer module (its script and Lib) imports only public engine names that exist
+and loads no torch in the GUI process; scripts/ import any engine name that exists, and share code
+only through helper modules (a script never imports a command).
 """
 
 from __future__ import annotations
@@ -156,6 +160,163 @@ def test_front_end_modules_are_torch_free(module):
     env = dict(os.environ, PYTHONPATH=str(REPO / "AXONReconstruction"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------- the Slicer module and scripts
+
+MODULE = REPO / "AXONReconstruction"
+LIB = MODULE / "AXONReconstructionLib"
+GUI_FILES = (MODULE / "AXONReconstruction.py", *sorted(LIB.glob("*.py")))
+"""What the Slicer GUI process runs: the module script and its Lib. No Lib module runs in the engine
+worker (that is `python -m axonct.app.cli`), so none is exempt from the torch-free rule."""
+SCRIPTS = REPO / "scripts"
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int, bool]]:
+    """(module, imported names, line, at module level) of every absolute import in a file."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = {id(n) for n in tree.body} | {id(n) for s in tree.body if isinstance(s, (ast.If, ast.Try))
+                                        for n in ast.walk(s)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.append((node.module, [a.name for a in node.names], node.lineno, id(node) in top))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno, id(node) in top) for a in node.names]
+    return out
+
+
+def _engine_file(module: str) -> Path | None:
+    base = PKG.parent.joinpath(*module.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def _defined(path: Path) -> set[str]:
+    """Names a module defines or imports at its top level (also inside top-level if/try blocks)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def stale_engine_imports(path: Path, public_only: bool) -> list[str]:
+    """Imports of axonct modules or names that do not exist (left behind when something moved), and
+    with ``public_only`` any private one (a leading underscore)."""
+    wrong = []
+    for module, names, line, _ in _imports(path):
+        if module.split(".")[0] != "axonct":
+            continue
+        where = f"{path.relative_to(REPO)}:{line} imports {module}"
+        target = _engine_file(module)
+        if target is None:
+            wrong.append(f"{where}: no such module")
+            continue
+        if public_only and any(part.startswith("_") for part in module.split(".")):
+            wrong.append(f"{where}: a private module")
+        for name in names:
+            if _engine_file(f"{module}.{name}") is None and name not in _defined(target):
+                wrong.append(f"{where}: it has no {name}")
+            elif public_only and name.startswith("_"):
+                wrong.append(f"{where}: {name} is private")
+    return wrong
+
+
+def test_the_slicer_module_imports_existing_public_engine_names():
+    """The module script and its Lib sit above the whole engine: they may import any public axonct
+    module (core included), nothing private, and nothing that has moved away."""
+    wrong = [w for f in GUI_FILES for w in stale_engine_imports(f, public_only=True)]
+    assert not wrong, "\n".join(wrong)
+
+
+def _gui_import_targets() -> list[str]:
+    """Every Lib module, and the engine modules the module script imports when Slicer loads it (the
+    script itself needs Qt and a Slicer application, so its module-level imports are checked)."""
+    lib = [f"AXONReconstructionLib.{p.stem}" for p in sorted(LIB.glob("*.py")) if p.stem != "__init__"]
+    script = sorted({m for m, _, _, top in _imports(MODULE / "AXONReconstruction.py")
+                     if top and m.split(".")[0] == "axonct"})
+    return lib + script
+
+
+@pytest.mark.parametrize("module", _gui_import_targets())
+def test_the_slicer_gui_process_loads_no_torch_on_import(module):
+    """Loading the panel must not load torch (seconds, gigabytes; and in Slicer torch may not be
+    installed yet): engine parts that need it are imported inside the function that uses them."""
+    pytest.importorskip("slicer", reason="the Lib needs slicer-core (requirements/lock.txt)")
+    code = (f"import sys\nimport {module}\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('axonct'))\n")
+    env = dict(os.environ, PYTHONPATH=str(MODULE))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"importing {module} loads torch (engine modules loaded then):\n{proc.stderr[-2000:]}"
+
+
+def test_the_module_script_imports_no_torch_when_slicer_loads_it():
+    """The module script needs Slicer to import, so its own module-level imports are read instead:
+    no torch (its Lib and engine imports are imported for real above)."""
+    heavy = [f"line {line}: {m}" for m, _, line, top in _imports(MODULE / "AXONReconstruction.py")
+             if top and m.split(".")[0] in ("torch", "monai", "torchvision")]
+    assert not heavy, heavy
+
+
+def _script_files() -> list[Path]:
+    return sorted(SCRIPTS.glob("*.py"))
+
+
+def _is_helper(path: Path) -> bool:
+    """A helper only defines things (imports, functions, classes, constants): importing it runs nothing."""
+    body = ast.parse(path.read_text()).body
+    allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
+               ast.AnnAssign)
+    return all(isinstance(n, allowed) or (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+               for n in body)
+
+
+def test_scripts_import_existing_engine_names():
+    """scripts/ may import anything from axonct (private helpers too: they are the engine's own
+    tools), but only what exists: nothing runs the scripts in the test suite, so an import left
+    behind by a move would otherwise surface only when someone next runs one."""
+    wrong = [w for f in _script_files() for w in stale_engine_imports(f, public_only=False)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_scripts_share_code_only_through_helper_modules():
+    """A script is a command (run as `python scripts/NAME.py`) or a helper the commands share
+    (real_ct_runs: the real evaluation CTs; make_screenshots_panel: the panel rendered offscreen).
+    A script may import a helper, never a command (importing a command runs it, or ties one command
+    to another's options), and a helper imports no other script (no chains between scripts)."""
+    scripts = {p.stem: p for p in _script_files()}
+    wrong = []
+    for path in scripts.values():
+        for module, _, line, _ in _imports(path):
+            other = scripts.get(module.split(".")[0])
+            if other is None or other == path:
+                continue
+            where = f"scripts/{path.name}:{line} imports scripts/{other.name}"
+            if not _is_helper(other):
+                wrong.append(f"{where}, a command (its top level runs code), not a helper")
+            elif _is_helper(path):
+                wrong.append(f"{where}: a helper must not import another script")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_script_and_module_checks_see_a_stale_import_and_a_command_import(tmp_path, monkeypatch):
+    """The checkers themselves: a moved name, a private name and an import of a command are found."""
+    lib = tmp_path / "lib.py"
+    lib.write_text("from axonct.io.atomic import write_text\nfrom axonct.metrics import dice, _gaussian_filter\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert stale_engine_imports(lib, public_only=True) == [
+        "lib.py:1 imports axonct.io.atomic: no such module", "lib.py:2 imports axonct.metrics: _gaussian_filter is private"]
+    assert stale_engine_imports(lib, public_only=False) == ["lib.py:1 imports axonct.io.atomic: no such module"]
+    (tmp_path / "command.py").write_text("import sys\nprint(sys.argv)\n")
+    (tmp_path / "user.py").write_text('"""x"""\nfrom command import main\n')
+    monkeypatch.setattr(sys.modules[__name__], "SCRIPTS", tmp_path)
+    with pytest.raises(AssertionError, match="user.py:2 imports scripts/command.py, a command"):
+        test_scripts_share_code_only_through_helper_modules()
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
