@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from axonct.config import DataConfig
+from axonct.config import DataConfig, VolumeGrid
 from axonct.physics.drr import project, unit_to_attenuation
 from axonct.errors import AxonInputError
-from axonct.physics.geometry import rotation_matrix, view_geometry
+from axonct.physics.geometry import ViewGeometry, rotation_matrix, view_geometry
 from axonct.physics.xray_realism import gaussian_blur
 
 ProgressFn = Callable[[str, int, int], None]
@@ -236,6 +236,157 @@ def _check_inputs(views, view_mask, data_cfg: DataConfig, template_unit, work_si
     return views, mask, present, np.clip(template, 0.0, 1.0)
 
 
+@dataclass
+class _WorkProblem:
+    """The fit on the downsampled work grid: template, observed views (blurred per level), the
+    projector's views, and which pose directions the present views can see."""
+
+    names: list[str]
+    grid: VolumeGrid  # the work grid
+    views: list[ViewGeometry]  # the work-size views present
+    full: torch.Tensor  # the template at the full grid
+    small: torch.Tensor  # the template at the work grid
+    obs_full: torch.Tensor  # (V, P, P) present views at full size
+    obs_blur: dict  # sigma -> (V, wp, wp) blurred work-size views
+    points: torch.Tensor  # (ws, ws, ws, 3) identity sampling points
+    half: float  # half the cube's field of view (mm): normalised -> mm
+    seen: torch.Tensor  # (3,) 1 where shift/scale/displacement along an axis is visible
+    seen_rot: torch.Tensor  # (3,) 1 where rotation about an axis is visible
+    ws: int
+    wp: int
+
+    def render(self, vol: torch.Tensor) -> torch.Tensor:
+        att = unit_to_attenuation(vol, self.grid)
+        return torch.stack([project(att, self.grid, v) for v in self.views])
+
+    def data_loss(self, vol: torch.Tensor, sigma: float) -> torch.Tensor:
+        r, var = _intensity_fit(_blur(self.render(vol), sigma), self.obs_blur[sigma])
+        return (r.pow(2).flatten(1).mean(1) / var).mean()
+
+
+def _work_problem(views_np, present, template, data_cfg: DataConfig, work_size: int, names) -> _WorkProblem:
+    """Template and views brought to the work size (area-averaged), and the visible directions."""
+    grid, geom = data_cfg.grid, data_cfg.geometry
+    ws = min(int(work_size), grid.size)
+    wp = max(8, int(round(geom.detector_pixels * ws / grid.size)))
+    wgrid = dataclasses.replace(grid, size=ws)
+    wgeom = dataclasses.replace(geom, detector_pixels=wp)
+    wviews = [view_geometry(n, wgeom) for n in names]
+
+    full = torch.from_numpy(np.ascontiguousarray(template))
+    small = F.adaptive_avg_pool3d(full[None, None], ws)[0, 0] if ws != grid.size else full
+    obs_full = torch.from_numpy(views_np[present])
+    obs = F.adaptive_avg_pool2d(obs_full[:, None], wp)[:, 0] if wp != geom.detector_pixels else obs_full
+    obs_blur = {s: _blur(obs, s) for s in set(AFFINE_SIGMAS) | set(DEFORM_SIGMAS)}
+
+    # With a single view, shift/scale/displacement along its beam and rotations out of its image
+    # plane are (nearly) invisible: they are held at the template's pose instead of drifting.
+    beams = {int(np.argmax(np.abs(v.detector_center - v.source))) for v in wviews}
+    seen = torch.ones(3)
+    seen_rot = torch.ones(3)
+    if len(beams) == 1:
+        beam = beams.pop()
+        seen[beam] = 0.0
+        seen_rot = torch.zeros(3)
+        seen_rot[beam] = 1.0
+    return _WorkProblem(names, wgrid, wviews, full, small, obs_full, obs_blur, _identity_points(ws),
+                        grid.fov_mm / 2.0, seen, seen_rot, ws, wp)
+
+
+def _starting_pose(w: _WorkProblem, seed: int, init_candidates: int) -> tuple[torch.Tensor, ...]:
+    """(rot, shift, log_scale), requiring grad: the best of identity and seeded random poses,
+    scored at the coarsest level."""
+    gen = torch.Generator().manual_seed(int(seed))
+    best = None
+    with torch.no_grad():
+        for k in range(max(1, int(init_candidates))):
+            if k == 0:
+                cand = (torch.zeros(3), torch.zeros(3), torch.zeros(3))
+            else:
+                cand = (torch.zeros(3), (torch.rand(3, generator=gen) * 2 - 1) * (15.0 / w.half) * w.seen,
+                        (torch.rand(3, generator=gen) * 2 - 1) * 0.06 * w.seen)
+            a, b = _pullback(*cand)
+            score = float(w.data_loss(_warp(w.small, a, b, w.points), AFFINE_SIGMAS[0]))
+            if best is None or score < best[0]:
+                best = (score, cand)
+    return tuple(c.clone().requires_grad_(True) for c in best[1])
+
+
+def _fit_affine(w: _WorkProblem, rot, shift, log_scale, iters: int, history: list, progress: ProgressFn) -> None:
+    """Stage A: Adam on the pose (decaying rates, coarse-to-fine blur) with a pull to identity."""
+
+    def prior() -> torch.Tensor:
+        return PRIOR_WEIGHT * (rot.pow(2).sum() + shift.pow(2).sum() + log_scale.pow(2).sum())
+
+    opt = torch.optim.Adam([{"params": [rot], "lr": 0.01}, {"params": [shift], "lr": 0.01},
+                            {"params": [log_scale], "lr": 0.006}])
+    base_lr = [g["lr"] for g in opt.param_groups]
+    for it in range(iters):
+        level = min(len(AFFINE_SIGMAS) - 1, it * len(AFFINE_SIGMAS) // max(1, iters))
+        frac = it / max(1, iters)
+        for g, lr in zip(opt.param_groups, base_lr):
+            g["lr"] = lr * (1.0 - 0.8 * frac)
+        opt.zero_grad()
+        a, b = _pullback(rot * w.seen_rot, shift * w.seen, log_scale * w.seen)
+        loss = w.data_loss(_warp(w.small, a, b, w.points), AFFINE_SIGMAS[level]) + prior()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+        progress("template_affine", it, iters)
+
+
+def _fit_deformation(w: _WorkProblem, a_fix, b_fix, k: int, iters: int, history: list,
+                     progress: ProgressFn) -> torch.Tensor:
+    """Stage B: the B-spline control displacements (3, k, k, k) after the fixed affine, with
+    smoothness, magnitude and folding penalties."""
+    ctrl = torch.zeros(3, k, k, k, requires_grad=True)
+    basis = _basis(w.ws, k)
+    jac_n = min(w.ws, 24)
+
+    def regulariser(c: torch.Tensor) -> torch.Tensor:
+        jac = _jacobian(c, jac_n)
+        det = torch.linalg.det(torch.eye(3) + jac)
+        return (GRAD_WEIGHT * jac.pow(2).sum((-1, -2)).mean() + MAG_WEIGHT * c.pow(2).mean()
+                + FOLD_WEIGHT * F.relu(FOLD_MIN_DET - det).pow(2).mean())
+
+    if iters > 0:
+        opt_b = torch.optim.Adam([ctrl], lr=0.004)
+        for it in range(iters):
+            level = min(len(DEFORM_SIGMAS) - 1, it * len(DEFORM_SIGMAS) // iters)
+            for g in opt_b.param_groups:
+                g["lr"] = 0.004 * (1.0 - 0.7 * it / iters)
+            opt_b.zero_grad()
+            disp = _field(ctrl * w.seen[:, None, None, None], basis, basis, basis)
+            loss = w.data_loss(_warp(w.small, a_fix, b_fix, w.points, disp), DEFORM_SIGMAS[level]) + regulariser(ctrl)
+            loss.backward()
+            opt_b.step()
+            history.append(float(loss.detach()))
+            progress("template_deform", it, iters)
+    return ctrl
+
+
+@torch.no_grad()
+def _final_warp(w: _WorkProblem, data_cfg: DataConfig, ctrl: torch.Tensor, a_fix, b_fix, deformed: bool) -> dict:
+    """The warp applied once at the full grid, its deformation statistics and the views' residuals
+    before and after."""
+    grid, geom = data_cfg.grid, data_cfg.geometry
+    k = ctrl.shape[-1]
+    c = ctrl.detach() * w.seen[:, None, None, None]
+    fb = _basis(grid.size, k)
+    disp_full = _field(c, fb, fb, fb) if deformed else None
+    unit = _warp(w.full, a_fix, b_fix, _identity_points(grid.size), disp_full).clamp(0, 1)
+    det = torch.linalg.det(torch.eye(3) + _jacobian(c, min(grid.size, 48)))
+    max_disp_mm = float(disp_full.norm(dim=-1).max()) * w.half if disp_full is not None else 0.0
+    full_views = [view_geometry(n, geom) for n in w.names]
+
+    def full_nrmse(vol):
+        att = unit_to_attenuation(vol, grid)
+        return _view_nrmse(torch.stack([project(att, grid, v) for v in full_views]), w.obs_full)
+
+    return {"unit": unit, "det": det, "max_disp_mm": max_disp_mm, "before": full_nrmse(w.full),
+            "after": full_nrmse(unit)}
+
+
 def fit_template(
     views,
     view_mask,
@@ -260,147 +411,32 @@ def fit_template(
     views_np, mask, present, template = _check_inputs(views, view_mask, data_cfg, template_unit, work_size,
                                                       control_points)
     progress = progress or (lambda stage, step, total: None)
-    grid, geom = data_cfg.grid, data_cfg.geometry
     names = [data_cfg.views[i] if i < len(data_cfg.views) else ("frontal", "lateral")[i] for i in range(2)]
     names = [names[i] for i in present]
-
-    ws = min(int(work_size), grid.size)
-    wp = max(8, int(round(geom.detector_pixels * ws / grid.size)))
-    wgrid = dataclasses.replace(grid, size=ws)
-    wgeom = dataclasses.replace(geom, detector_pixels=wp)
-    wviews = [view_geometry(n, wgeom) for n in names]
-
-    full = torch.from_numpy(np.ascontiguousarray(template))
-    small = F.adaptive_avg_pool3d(full[None, None], ws)[0, 0] if ws != grid.size else full
-    obs_full = torch.from_numpy(views_np[present])
-    obs = F.adaptive_avg_pool2d(obs_full[:, None], wp)[:, 0] if wp != geom.detector_pixels else obs_full
-    points = _identity_points(ws)
-    half = grid.fov_mm / 2.0
-
-    def render(vol: torch.Tensor) -> torch.Tensor:
-        att = unit_to_attenuation(vol, wgrid)
-        return torch.stack([project(att, wgrid, v) for v in wviews])
-
-    obs_blur = {s: _blur(obs, s) for s in set(AFFINE_SIGMAS) | set(DEFORM_SIGMAS)}
-
-    # With a single view, shift/scale/displacement along its beam and rotations out of its image
-    # plane are (nearly) invisible: they are held at the template's pose instead of drifting.
-    beams = {int(np.argmax(np.abs(v.detector_center - v.source))) for v in wviews}
-    seen = torch.ones(3)
-    seen_rot = torch.ones(3)
-    if len(beams) == 1:
-        beam = beams.pop()
-        seen[beam] = 0.0
-        seen_rot = torch.zeros(3)
-        seen_rot[beam] = 1.0
-
-    def data_loss(vol: torch.Tensor, sigma: float) -> torch.Tensor:
-        r, var = _intensity_fit(_blur(render(vol), sigma), obs_blur[sigma])
-        return (r.pow(2).flatten(1).mean(1) / var).mean()
-
-    # -- random starting poses (seeded), scored at the coarsest level; identity is always a candidate
-    gen = torch.Generator().manual_seed(int(seed))
-    rot = torch.zeros(3)
-    shift = torch.zeros(3)
-    log_scale = torch.zeros(3)
-    best = None
-    with torch.no_grad():
-        for k in range(max(1, int(init_candidates))):
-            if k == 0:
-                cand = (torch.zeros(3), torch.zeros(3), torch.zeros(3))
-            else:
-                cand = (torch.zeros(3), (torch.rand(3, generator=gen) * 2 - 1) * (15.0 / half) * seen,
-                        (torch.rand(3, generator=gen) * 2 - 1) * 0.06 * seen)
-            a, b = _pullback(*cand)
-            score = float(data_loss(_warp(small, a, b, points), AFFINE_SIGMAS[0]))
-            if best is None or score < best[0]:
-                best = (score, cand)
-    rot, shift, log_scale = (c.clone().requires_grad_(True) for c in best[1])
-
-    def pose():
-        return _pullback(rot * seen_rot, shift * seen, log_scale * seen)
-
+    w = _work_problem(views_np, present, template, data_cfg, work_size, names)
+    rot, shift, log_scale = _starting_pose(w, seed, init_candidates)
     history: list[float] = []
-
-    def prior() -> torch.Tensor:
-        return PRIOR_WEIGHT * (rot.pow(2).sum() + shift.pow(2).sum() + log_scale.pow(2).sum())
-
-    # -- stage A: affine
-    opt = torch.optim.Adam([{"params": [rot], "lr": 0.01}, {"params": [shift], "lr": 0.01},
-                            {"params": [log_scale], "lr": 0.006}])
-    base_lr = [g["lr"] for g in opt.param_groups]
-    n_a = int(affine_iters)
-    for it in range(n_a):
-        level = min(len(AFFINE_SIGMAS) - 1, it * len(AFFINE_SIGMAS) // max(1, n_a))
-        frac = it / max(1, n_a)
-        for g, lr in zip(opt.param_groups, base_lr):
-            g["lr"] = lr * (1.0 - 0.8 * frac)
-        opt.zero_grad()
-        a, b = pose()
-        loss = data_loss(_warp(small, a, b, points), AFFINE_SIGMAS[level]) + prior()
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
-        progress("template_affine", it, n_a)
-
-    # -- stage B: B-spline displacement in the patient frame, after the affine
-    k = int(control_points)
-    ctrl = torch.zeros(3, k, k, k, requires_grad=True)
-    basis = _basis(ws, k)
-    jac_n = min(ws, 24)
-    n_b = int(deform_iters)
-    a_fix, b_fix = (t.detach() for t in pose())
-
-    def regulariser(c: torch.Tensor) -> torch.Tensor:
-        jac = _jacobian(c, jac_n)
-        det = torch.linalg.det(torch.eye(3) + jac)
-        return (GRAD_WEIGHT * jac.pow(2).sum((-1, -2)).mean() + MAG_WEIGHT * c.pow(2).mean()
-                + FOLD_WEIGHT * F.relu(FOLD_MIN_DET - det).pow(2).mean())
-
-    if n_b > 0:
-        opt_b = torch.optim.Adam([ctrl], lr=0.004)
-        for it in range(n_b):
-            level = min(len(DEFORM_SIGMAS) - 1, it * len(DEFORM_SIGMAS) // n_b)
-            for g in opt_b.param_groups:
-                g["lr"] = 0.004 * (1.0 - 0.7 * it / n_b)
-            opt_b.zero_grad()
-            disp = _field(ctrl * seen[:, None, None, None], basis, basis, basis)
-            loss = data_loss(_warp(small, a_fix, b_fix, points, disp), DEFORM_SIGMAS[level]) + regulariser(ctrl)
-            loss.backward()
-            opt_b.step()
-            history.append(float(loss.detach()))
-            progress("template_deform", it, n_b)
-
-    # -- the final warp, once, at the full grid
+    n_a, n_b, k = int(affine_iters), int(deform_iters), int(control_points)
+    _fit_affine(w, rot, shift, log_scale, n_a, history, progress)
+    a_fix, b_fix = (t.detach() for t in _pullback(rot * w.seen_rot, shift * w.seen, log_scale * w.seen))
+    ctrl = _fit_deformation(w, a_fix, b_fix, k, n_b, history, progress)
+    final = _final_warp(w, data_cfg, ctrl, a_fix, b_fix, n_b > 0)
     with torch.no_grad():
-        c = ctrl.detach() * seen[:, None, None, None]
-        rot, shift, log_scale = rot * seen_rot, shift * seen, log_scale * seen
-        fb = _basis(grid.size, k)
-        disp_full = _field(c, fb, fb, fb) if n_b > 0 else None
-        unit = _warp(full, a_fix, b_fix, _identity_points(grid.size), disp_full).clamp(0, 1)
-        det = torch.linalg.det(torch.eye(3) + _jacobian(c, min(grid.size, 48)))
-        max_disp_mm = float(disp_full.norm(dim=-1).max()) * half if disp_full is not None else 0.0
-        full_views = [view_geometry(n, geom) for n in names]
-
-        def full_nrmse(vol):
-            att = unit_to_attenuation(vol, grid)
-            return _view_nrmse(torch.stack([project(att, grid, v) for v in full_views]), obs_full)
-
-        before, after = full_nrmse(full), full_nrmse(unit)
-
+        rot, shift, log_scale = rot * w.seen_rot, shift * w.seen, log_scale * w.seen
     params = {
         "rotation_deg": [math.degrees(v) for v in rot.detach().tolist()],
-        "translation_mm": [v * half for v in shift.detach().tolist()],
+        "translation_mm": [v * w.half for v in shift.detach().tolist()],
         "scale": [math.exp(v) for v in log_scale.detach().tolist()],
     }
+    before, after = final["before"], final["after"]
     return TemplateFit(
-        unit=unit.numpy().astype(np.float32),
+        unit=final["unit"].numpy().astype(np.float32),
         affine_params=params,
         loss_history=history,
         view_residuals={n: {"before": float(before[i]), "after": float(after[i])} for i, n in enumerate(names)},
         seconds=time.time() - t0,
-        deformation={"max_displacement_mm": max_disp_mm, "min_jacobian_det": float(det.min()),
+        deformation={"max_displacement_mm": final["max_disp_mm"], "min_jacobian_det": float(final["det"].min()),
                      "control_points": k},
-        settings={"work_size": ws, "work_pixels": wp, "affine_iters": n_a, "deform_iters": n_b, "seed": int(seed),
+        settings={"work_size": w.ws, "work_pixels": w.wp, "affine_iters": n_a, "deform_iters": n_b, "seed": int(seed),
                   "init_candidates": int(init_candidates), "views": names},
     )
