@@ -288,22 +288,13 @@ def random_marker_mask(batch: int, height: int, width: int, gen: torch.Generator
 # ---------------------------------------------------------------------------------------------
 
 
-def simulate_radiograph(line_integral: torch.Tensor, cfg: RealismConfig, seed: int | None = None,
-                        return_transform: bool = False):
-    """Realistic image in [0, 1] (bright = attenuating) from line integrals (H, W) or (B, H, W).
-
-    With return_transform, also returns the view transform theta [B, 2, 3] (identity unless
-    cfg.geometric) so a label mask can follow: ``apply_view_transform(mask, theta, mode="nearest")``.
-    """
-    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    squeeze = line_integral.dim() == 2
-    x = (line_integral[None] if squeeze else line_integral).unsqueeze(1).float()
+def _geometric_jitter(x: torch.Tensor, cfg: RealismConfig, gen: torch.Generator):
+    """(x, theta, white): the view moved in-plane (air enters from outside), its transform, and
+    where the moved field leaves the detector unexposed (reads white) rather than seeing air."""
     bsz, _, h, w = x.shape
-    side = w
     dev = x.device
     theta = view_transform(torch.zeros(bsz), torch.ones(bsz), torch.zeros(bsz, 2)).to(dev)
     white = torch.zeros(bsz, 1, h, w, dtype=torch.bool, device=dev)  # reads as unexposed (1)
-
     if cfg.geometric:
         theta = random_view_transform(bsz, gen, cfg.rotation_deg, cfg.scale_range, cfg.shift_frac,
                                       size=(h, w)).to(dev)
@@ -311,7 +302,13 @@ def simulate_radiograph(line_integral: torch.Tensor, cfg: RealismConfig, seed: i
         x = apply_view_transform(x, theta, fill=0.0)  # outside the field: no attenuation (air)
         inside = apply_view_transform(torch.ones_like(x), theta, fill=0.0) > 0.5
         white = ~inside & unexposed.to(dev).view(-1, 1, 1, 1)
+    return x, theta, white
 
+
+def _acquisition(x: torch.Tensor, cfg: RealismConfig, gen: torch.Generator) -> torch.Tensor:
+    """Line integrals -> detector: exp(-x) photons with scatter, quantum noise and detector blur,
+    then the detector's log (or, without Beer-Lambert, noise and blur on the integrals)."""
+    bsz, side, dev = x.shape[0], x.shape[-1], x.device
     if cfg.beer_lambert:
         intensity = torch.exp(-x)
         if cfg.scatter:
@@ -326,27 +323,34 @@ def simulate_radiograph(line_integral: torch.Tensor, cfg: RealismConfig, seed: i
             intensity = counts.clamp_min(0.5) / photons
         if cfg.detector_blur:
             intensity = gaussian_blur(intensity, _uniform_b(cfg.blur_sigma_px, bsz, gen))
-        x = -torch.log(intensity.clamp_min(1e-6))
-    else:
-        if cfg.noise:
-            x = x + torch.randn(x.shape, generator=gen).to(dev) * 0.01 * x.amax()
-        if cfg.detector_blur:
-            x = gaussian_blur(x, _uniform_b(cfg.blur_sigma_px, bsz, gen))
-    x = robust_unit(x)
+        return -torch.log(intensity.clamp_min(1e-6))
+    if cfg.noise:
+        x = x + torch.randn(x.shape, generator=gen).to(dev) * 0.01 * x.amax()
+    if cfg.detector_blur:
+        x = gaussian_blur(x, _uniform_b(cfg.blur_sigma_px, bsz, gen))
+    return x
 
-    if cfg.local_eq:
-        on = _per_image(torch.rand(bsz, generator=gen) < cfg.local_eq_probability, x).bool()
-        strength = _per_image(_uniform_b(cfg.local_eq_strength, bsz, gen), x)
-        sig = _uniform_b(cfg.local_eq_sigma_frac, bsz, gen) * side
-        clahe = _per_image(torch.rand(bsz, generator=gen) < cfg.local_eq_clahe_probability, x).bool()
-        if bool(on.any()):
-            mean = _broad_blur(x, sig)
-            drc = x - strength * mean  # dynamic range compression: keep detail, flatten large scales
-            sd = (_broad_blur(x * x, sig) - mean**2).clamp_min(0).sqrt()
-            local = robust_unit((x - mean) / (sd + 0.1))  # the 0.1 bounds the gain like a clip limit
-            eq = torch.where(clahe, (1 - strength) * x + strength * local, drc)
-            x = torch.where(on, robust_unit(eq), x)
 
+def _local_equalisation(x: torch.Tensor, cfg: RealismConfig, gen: torch.Generator) -> torch.Tensor:
+    """Dynamic range compression or CLAHE-like local normalisation on some images (drawn always)."""
+    bsz, side = x.shape[0], x.shape[-1]
+    on = _per_image(torch.rand(bsz, generator=gen) < cfg.local_eq_probability, x).bool()
+    strength = _per_image(_uniform_b(cfg.local_eq_strength, bsz, gen), x)
+    sig = _uniform_b(cfg.local_eq_sigma_frac, bsz, gen) * side
+    clahe = _per_image(torch.rand(bsz, generator=gen) < cfg.local_eq_clahe_probability, x).bool()
+    if bool(on.any()):
+        mean = _broad_blur(x, sig)
+        drc = x - strength * mean  # dynamic range compression: keep detail, flatten large scales
+        sd = (_broad_blur(x * x, sig) - mean**2).clamp_min(0).sqrt()
+        local = robust_unit((x - mean) / (sd + 0.1))  # the 0.1 bounds the gain like a clip limit
+        eq = torch.where(clahe, (1 - strength) * x + strength * local, drc)
+        x = torch.where(on, robust_unit(eq), x)
+    return x
+
+
+def _unsharp_bands(cfg: RealismConfig, gen: torch.Generator, bsz: int, side: int):
+    """(amounts [B, bands], sigmas [B, bands] px, strong [B]): the vendor's multi-frequency edge
+    enhancement where drawn, else the mild single-band mask in band 0."""
     bands = max(1, int(cfg.strong_unsharp_bands))
     amounts = torch.zeros(bsz, bands)
     sigmas = torch.ones(bsz, bands)
@@ -364,47 +368,83 @@ def simulate_radiograph(line_integral: torch.Tensor, cfg: RealismConfig, seed: i
         m_sig = _uniform_b(cfg.unsharp_sigma_frac, bsz, gen) * side
         amounts[:, 0] = torch.where(strong, amounts[:, 0], m_amount)
         sigmas[:, 0] = torch.where(strong, sigmas[:, 0], m_sig)
+    return amounts, sigmas, strong
+
+
+def _unsharp(x: torch.Tensor, cfg: RealismConfig, gen: torch.Generator) -> torch.Tensor:
+    """Unsharp masking with the drawn bands: mild clips as before, strong is rescaled to the
+    display range as the vendor's processing does."""
+    amounts, sigmas, strong = _unsharp_bands(cfg, gen, x.shape[0], x.shape[-1])
     if bool((amounts > 0).any()):
         y = x
-        for k in range(bands):
+        for k in range(amounts.shape[1]):
             if bool((amounts[:, k] > 0).any()):
                 y = y + _per_image(amounts[:, k], x) * (x - _broad_blur(x, sigmas[:, k]))
-        # mild: clip as before; strong: the vendor's rescale to the display range
         x = torch.where(_per_image(strong, x).bool(), robust_unit(y), y.clamp(0, 1))
+    return x
 
+
+def _lut(x: torch.Tensor, cfg: RealismConfig, gen: torch.Generator) -> torch.Tensor:
+    """A random monotone LUT on some images: an S-curve or a window-level that clips."""
+    bsz = x.shape[0]
+    on = _per_image(torch.rand(bsz, generator=gen) < cfg.lut_probability, x).bool()
+    sigm = _per_image(torch.rand(bsz, generator=gen) < cfg.lut_sigmoid_probability, x).bool()
+    slope = _per_image(_uniform_b(cfg.lut_sigmoid_slope, bsz, gen), x)
+    center = _per_image(_uniform_b(cfg.lut_center, bsz, gen), x)
+    width = _per_image(_uniform_b(cfg.lut_window_width, bsz, gen), x)
+    if bool(on.any()):
+        s0, s1 = torch.sigmoid(-slope * center), torch.sigmoid(slope * (1 - center))
+        s_curve = (torch.sigmoid(slope * (x - center)) - s0) / (s1 - s0)
+        window = ((x - center + width / 2) / width).clamp(0, 1)
+        x = torch.where(on, torch.where(sigm, s_curve, window), x).clamp(0, 1)
+    return x
+
+
+def _collimation(x: torch.Tensor, cfg: RealismConfig, gen: torch.Generator):
+    """(x, borders [B, 4] px: top, bottom, left, right): collimated borders, unexposed, read white."""
+    bsz, _, h, w = x.shape
+    dev = x.device
+    on = torch.rand(bsz, generator=gen) < cfg.collimation_probability
+    frac = _uniform_b((0.0, cfg.collimation_max_frac), (bsz, 4), gen)
+    borders = (frac * torch.tensor([h, h, w, w])).long() * on[:, None]
+    if bool(on.any()):
+        t, b_, l_, r_ = (borders[:, i].to(dev).view(-1, 1, 1, 1) for i in range(4))
+        ys = torch.arange(h, device=dev).view(1, 1, -1, 1)
+        xs = torch.arange(w, device=dev).view(1, 1, 1, -1)
+        mask = (ys < t) | (ys >= h - b_) | (xs < l_) | (xs >= w - r_)
+        x = torch.where(mask, torch.ones_like(x), x)  # unexposed collimated border reads as white
+    return x, borders
+
+
+def simulate_radiograph(line_integral: torch.Tensor, cfg: RealismConfig, seed: int | None = None,
+                        return_transform: bool = False):
+    """Realistic image in [0, 1] (bright = attenuating) from line integrals (H, W) or (B, H, W).
+
+    With return_transform, also returns the view transform theta [B, 2, 3] (identity unless
+    cfg.geometric) so a label mask can follow: ``apply_view_transform(mask, theta, mode="nearest")``.
+    The stages run in a fixed order from one generator: geometry, acquisition, local
+    equalisation, unsharp masking, gamma, LUT, collimation, markers, inversion.
+    """
+    gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    squeeze = line_integral.dim() == 2
+    x = (line_integral[None] if squeeze else line_integral).unsqueeze(1).float()
+    bsz, _, h, w = x.shape
+    x, theta, white = _geometric_jitter(x, cfg, gen)
+    x = robust_unit(_acquisition(x, cfg, gen))
+    if cfg.local_eq:
+        x = _local_equalisation(x, cfg, gen)
+    x = _unsharp(x, cfg, gen)
     if cfg.gamma:
         x = x.clamp_min(0) ** _per_image(_uniform_b(cfg.gamma_range, bsz, gen), x)
-
     if cfg.lut:
-        on = _per_image(torch.rand(bsz, generator=gen) < cfg.lut_probability, x).bool()
-        sigm = _per_image(torch.rand(bsz, generator=gen) < cfg.lut_sigmoid_probability, x).bool()
-        slope = _per_image(_uniform_b(cfg.lut_sigmoid_slope, bsz, gen), x)
-        center = _per_image(_uniform_b(cfg.lut_center, bsz, gen), x)
-        width = _per_image(_uniform_b(cfg.lut_window_width, bsz, gen), x)
-        if bool(on.any()):
-            s0, s1 = torch.sigmoid(-slope * center), torch.sigmoid(slope * (1 - center))
-            s_curve = (torch.sigmoid(slope * (x - center)) - s0) / (s1 - s0)
-            window = ((x - center + width / 2) / width).clamp(0, 1)
-            x = torch.where(on, torch.where(sigm, s_curve, window), x).clamp(0, 1)
-
+        x = _lut(x, cfg, gen)
     x = torch.where(white, torch.ones_like(x), x)
-
     borders = torch.zeros(bsz, 4, dtype=torch.long)  # top, bottom, left, right (px)
     if cfg.collimation:
-        on = torch.rand(bsz, generator=gen) < cfg.collimation_probability
-        frac = _uniform_b((0.0, cfg.collimation_max_frac), (bsz, 4), gen)
-        borders = (frac * torch.tensor([h, h, w, w])).long() * on[:, None]
-        if bool(on.any()):
-            t, b_, l_, r_ = (borders[:, i].to(dev).view(-1, 1, 1, 1) for i in range(4))
-            ys = torch.arange(h, device=dev).view(1, 1, -1, 1)
-            xs = torch.arange(w, device=dev).view(1, 1, 1, -1)
-            mask = (ys < t) | (ys >= h - b_) | (xs < l_) | (xs >= w - r_)
-            x = torch.where(mask, torch.ones_like(x), x)  # unexposed collimated border reads as white
-
+        x, borders = _collimation(x, cfg, gen)
     if cfg.markers:
-        marks = random_marker_mask(bsz, h, w, gen, cfg, field=borders).to(dev)[:, None]
+        marks = random_marker_mask(bsz, h, w, gen, cfg, field=borders).to(x.device)[:, None]
         x = torch.where(marks, torch.ones_like(x), x)  # burned-in, saturated
-
     if cfg.invert:
         x = 1.0 - x
     x = x[:, 0]
