@@ -132,6 +132,35 @@ def _has_dicom_magic(p: Path) -> bool:
 
 
 def _read_dicom(p: Path, view: str | None) -> Radiograph:
+    ds = _open_dicom(p)
+    modality = _check_single_radiograph(p, ds)
+    # Settle the view before decoding: a swapped view should fail fast, not after a large decode.
+    view_meta: dict = {}
+    view_position = _str_or_none(ds.get("ViewPosition"))
+    final_view = _resolve_view(p, ds, view_position, view, view_meta)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_dimensions(p, rows, cols)
+
+    arr, factor, photometric = _decode_grey_pixels(p, ds)
+    meta = _dicom_meta(ds, modality, photometric, view_meta)
+    grey = _monochrome_display(p, ds, arr, meta, is_mono=photometric.startswith("MONOCHROME"))
+    grey = _bright_is_attenuating(ds, photometric, grey, meta)
+    spacing = _scaled(_dicom_spacing(ds, meta), factor)
+    _note_reduction(meta, rows, cols, arr.shape)
+
+    grey, spacing = _reorient(grey, spacing, meta["patient_orientation"], final_view, meta)
+    return Radiograph(
+        pixels=np.ascontiguousarray(grey, dtype=np.float32),
+        pixel_spacing_mm=spacing,
+        view=final_view,
+        view_position=view_position,
+        source=str(p),
+        meta=meta,
+    )
+
+
+def _open_dicom(p: Path):
+    """The dataset, or a refusal when the file holds no DICOM attributes at all."""
     import pydicom
 
     try:
@@ -140,7 +169,11 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         raise AxonInputError(p, f"is not a readable DICOM file ({_short(e)})") from e
     if len(ds) == 0 or ("SOPClassUID" not in ds and "PixelData" not in ds and "Modality" not in ds):
         raise AxonInputError(p, "is not a readable DICOM file (no DICOM attributes found)")
+    return ds
 
+
+def _check_single_radiograph(p: Path, ds) -> str:
+    """Refuse, from the header alone, what is not one projection image; returns the modality."""
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
         kind = _MODALITY_NAMES.get(modality, modality)
@@ -156,14 +189,12 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         raise AxonInputError(
             p, f"has {frames} frames (a multi-frame or 3-D DICOM), not a single radiograph"
         )
+    return modality
 
-    # Settle the view before decoding: a swapped view should fail fast, not after a large decode.
-    view_meta: dict = {}
-    view_position = _str_or_none(ds.get("ViewPosition"))
-    final_view = _resolve_view(p, ds, view_position, view, view_meta)
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_dimensions(p, rows, cols)
 
+def _decode_grey_pixels(p: Path, ds) -> tuple[np.ndarray, int, str]:
+    """(stored values as one grey [row, col] image, reduced for WORKING_SIDE; the reduction factor;
+    the photometric interpretation). Colour and palette data become grey unless really coloured."""
     try:
         raw = ds.pixel_array
     except Exception as e:
@@ -191,8 +222,11 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
             arr = np.rint(arr).astype(raw.dtype)  # a lookup table needs stored (integer) values
     if arr.ndim != 2:
         raise AxonInputError(p, f"pixel data has shape {tuple(arr.shape)}, a 3-D DICOM, not a single radiograph")
-    del raw
+    return arr, factor, photometric
 
+
+def _dicom_meta(ds, modality: str, photometric: str, view_meta: dict) -> dict:
+    """What the report and the framing keep from the header (acquisition, patient, view)."""
     meta: dict = {
         "format": "dicom",
         "modality": modality or None,
@@ -209,29 +243,19 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
         **view_meta,
     }
     meta["input_notes"] = _age_notes(ds.get("PatientAge"), meta)
+    return meta
 
-    grey = _monochrome_display(p, ds, arr, meta, is_mono=photometric.startswith("MONOCHROME"))
 
-    # Bright must mean attenuating: MONOCHROME1 stores it the other way round.
+def _bright_is_attenuating(ds, photometric: str, grey: np.ndarray, meta: dict) -> np.ndarray:
+    """Bright must mean attenuating: MONOCHROME1 (or MONOCHROME2 under an INVERSE presentation LUT)
+    shows its lowest values white, so those images are flipped."""
     invert = photometric == "MONOCHROME1"
     if photometric == "MONOCHROME2" and str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
         invert = True
     if invert:
         grey = 1.0 - grey
     meta["inverted"] = invert
-
-    spacing = _scaled(_dicom_spacing(ds, meta), factor)
-    _note_reduction(meta, rows, cols, arr.shape)
-
-    grey, spacing = _reorient(grey, spacing, meta["patient_orientation"], final_view, meta)
-    return Radiograph(
-        pixels=np.ascontiguousarray(grey, dtype=np.float32),
-        pixel_spacing_mm=spacing,
-        view=final_view,
-        view_position=view_position,
-        source=str(p),
-        meta=meta,
-    )
+    return grey
 
 
 def _monochrome_display(p: Path, ds, arr: np.ndarray, meta: dict, *, is_mono: bool) -> np.ndarray:
