@@ -175,7 +175,7 @@ def test_report_name_keeps_the_whole_output_name(tiny_weights, frontal, tmp_path
     for version in ("v1", "v2"):
         proc = _reconstruct(frontal, tiny_weights, tmp_path / f"scan.{version}.nrrd")
         assert proc.returncode == 0, proc.stderr
-        files = json.loads(proc.stdout.strip().splitlines()[-1])["files"]
+        files = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("AXON_PROGRESS "))["files"]
         assert files["report"] == str(tmp_path / f"scan.{version}_report.json")
         assert (tmp_path / f"scan.{version}_report.json").is_file()
     assert_untouched(mine)

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from axonct.app.protocol import parse_progress_line
+from axonct.app.protocol import parse_line as parse_progress_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,7 +176,7 @@ def test_weights_for_a_different_preset_are_refused(tiny_weights, tmp_path):
 
 def test_out_of_memory_gives_a_clear_message_and_no_output(tiny_weights, radiographs, tmp_path, monkeypatch, capsys):
     """No GPU here: an allocator failure is simulated inside the pipeline run."""
-    from axonct.app import reconstruct_job as worker
+    from axonct.app import protocol, reconstruct_job as worker
     from axonct.options import ReconstructOptions
     from axonct.pipeline.reconstruction import AxonPipeline
 
@@ -187,7 +187,7 @@ def test_out_of_memory_gives_a_clear_message_and_no_output(tiny_weights, radiogr
     out = tmp_path / "recon.nrrd"
     req = worker.ReconstructRequest(frontal=str(radiographs["frontal"]), out=str(out), weights=str(tiny_weights),
                                     options=ReconstructOptions(device="cpu"), oom_fallback=True)
-    assert worker.main_reconstruct(req) == worker.EXIT_OOM
+    assert worker.main_reconstruct(req) == protocol.EXIT_OOM
     err = capsys.readouterr().err
     assert "out of memory" in err and "--samples 1" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []

@@ -1,9 +1,12 @@
-"""The reconstruct job's protocol (`axonct.app.protocol`): events, exit codes, the plan of a run, and the
-one serialisation of the options (`ReconstructOptions.to_cli_args()` -> the real `axon reconstruct` parser)."""
+"""The worker protocol (`axonct.app.protocol`): events, exit codes, the plan of a run, the events as the
+only channel of a result (no plain-JSON line, each warning once), `axon sample-case` under the same
+protocol, and the options as one JSON document (`ReconstructOptions.to_json` -> `axon reconstruct
+--options`)."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +31,8 @@ EVENTS = [
     protocol.progress_event("template_affine", 10, 120, eta_s=None),
     protocol.progress_event("fine", 1, 1, sample=1, samples=2, batch=2, phase="calibration"),
     protocol.message_event("loading weights"),
-    protocol.result_event({"volume": "a.nrrd", "report": "a_report.json"}, {"frontal": {"given": True}}),
+    protocol.result_event({"volume": "a.nrrd", "report": "a_report.json"}, ["little lung air"],
+                          reprojection_consistency={"frontal": {"given": True}}),
     protocol.error_event("input", "x.png: not a radiograph"),
     protocol.error_event("oom", "out of memory on cuda"),
     protocol.error_event("cancelled", "cancelled", protocol.EXIT_SIGTERM),
@@ -69,8 +73,10 @@ def test_every_event_kind_round_trips_through_a_line():
     assert calibration["phase"] == "calibration" and calibration["for_stage"] == "fine" and "stage" not in calibration
     assert EVENTS[0]["total"] == 220 and [p["phase"] for p in EVENTS[0]["phases"]] == list(protocol.PHASES)
     assert EVENTS[4] == {"event": "message", "message": "loading weights"}
-    # a line from before the structured events still reads
-    assert protocol.parse_line(protocol.PROGRESS_PREFIX + '{"stage": "sr", "step": 1, "total": 1}')["event"] == "progress"
+    assert EVENTS[5]["warnings"] == ["little lung air"] and EVENTS[5]["reprojection_consistency"]
+    # an object without its "event" is not an event (the worker and its followers ship together)
+    assert protocol.parse_line(protocol.PROGRESS_PREFIX + '{"stage": "sr", "step": 1, "total": 1}') is None
+    assert not hasattr(protocol, "parse_progress_line")
 
 
 def test_exit_codes_and_error_kinds():
@@ -84,9 +90,8 @@ def test_exit_codes_and_error_kinds():
         assert protocol.error_kind(code) == kind
     with pytest.raises(ValueError):
         protocol.error_event("sad", "x")
-    from axonct.app import cli, reconstruct_job
+    from axonct.app import cli
 
-    assert reconstruct_job.EXIT_OOM == protocol.EXIT_OOM and reconstruct_job.EXIT_INPUT == protocol.EXIT_INPUT
     assert cli.main(["evaluate", "--pred", "p.nrrd"]) == protocol.EXIT_INPUT  # an AxonInputError in a command
 
 
@@ -135,12 +140,24 @@ def _check_plan_is_covered(events: list[dict], phases: set[str]) -> None:
     assert events[-1]["event"] == "result" and set(events[-1]["files"]) >= {"volume", "report"}
 
 
-def test_the_plan_covers_every_phase_of_a_run(tiny_weights, frontal, tmp_path):
-    """Consistency on, K = 2 (one at a time on a CPU): calibrations, coarse, fine, SR."""
-    proc = axon("reconstruct", "--frontal", str(frontal), "--out", str(tmp_path / "a.nrrd"), "--weights",
-                str(tiny_weights), "--device", "cpu", "--steps", "2", "--samples", "2")
+def _run(tiny_weights, frontal, out, *extra) -> list[dict]:
+    """A tiny reconstruction's events; every stdout line is one (the events are the only channel)."""
+    proc = axon("reconstruct", "--frontal", str(frontal), "--out", str(out), "--weights", str(tiny_weights),
+                "--device", "cpu", "--steps", "2", *extra)
     assert proc.returncode == protocol.EXIT_OK, proc.stderr
     events = _events(proc.stdout)
+    assert len(events) == len(proc.stdout.splitlines())  # no plain-JSON last line, nothing else
+    result = events[-1]
+    report = json.loads(Path(result["files"]["report"]).read_text())
+    assert result["warnings"] == report["warnings"]  # each warning once: in the result, as in the report
+    assert not [e for e in events if e["event"] == "message" and "warning" in e["message"].lower()]
+    assert proc.stderr.count("warning:") == len(report["warnings"])  # and once for a person on stderr
+    return events
+
+
+def test_the_plan_covers_every_phase_of_a_run(tiny_weights, frontal, tmp_path):
+    """Consistency on, K = 2 (one at a time on a CPU): calibrations, coarse, fine, SR."""
+    events = _run(tiny_weights, frontal, tmp_path / "a.nrrd", "--samples", "2")
     _check_plan_is_covered(events, {"calibration", "coarse", "fine", "sr"})
     plan = next(e for e in events if e["event"] == "plan")
     units = {p["phase"]: p["units"] for p in plan["phases"]}
@@ -153,10 +170,7 @@ def test_the_plan_covers_every_phase_of_a_run(tiny_weights, frontal, tmp_path):
 
 def test_the_plan_of_a_template_start(tiny_weights, frontal, tmp_path):
     """--start template: the template fit's iterations, Stage II's calibration only, no Stage I."""
-    proc = axon("reconstruct", "--frontal", str(frontal), "--out", str(tmp_path / "t.nrrd"), "--weights",
-                str(tiny_weights), "--device", "cpu", "--steps", "2", "--start", "template")
-    assert proc.returncode == protocol.EXIT_OK, proc.stderr
-    events = _events(proc.stdout)
+    events = _run(tiny_weights, frontal, tmp_path / "t.nrrd", "--start", "template")
     _check_plan_is_covered(events, {"template", "calibration", "fine", "sr"})
     assert {e["stage"] for e in events if e.get("phase") == "template"} == {"template_affine", "template_deform"}
 
@@ -171,18 +185,81 @@ def test_an_input_error_is_an_error_event_and_exit_code(tiny_weights, frontal, t
     assert "axon reconstruct: error:" in proc.stderr and "weights folder not found" in proc.stderr
 
 
-# --------------------------------------------------------------------------- the options, serialised once
-@pytest.mark.parametrize("opts", [
+# --------------------------------------------------------------------------- the sample case, same protocol
+def test_sample_case_speaks_the_protocol_and_reuses_its_drrs(real_ct_path, tmp_path):
+    """`axon sample-case`: a plan, progress over it, a result naming four files that exist; a second run
+    computes nothing (the DRRs are kept); a file at --out is refused in one event and one line."""
+    from axonct.io.sample_data import sample_ct_path
+
+    assert sample_ct_path() == real_ct_path  # the run below uses the engine's own sample CT
+    out = tmp_path / "case"
+    proc = axon("sample-case", "--out", str(out), "--no-download", timeout=900)
+    assert proc.returncode == protocol.EXIT_OK, proc.stderr
+    events = _events(proc.stdout)
+    assert len(events) == len(proc.stdout.splitlines())
+    tracker = protocol.PlanProgress()
+    for e in events:
+        tracker.update(e)
+    assert events[0]["event"] == "plan" and tracker.fraction == 1.0
+    files = events[-1]["files"]
+    assert events[-1]["event"] == "result" and set(files) == {"ct", "cr", "frontal", "lateral"}
+    assert all(Path(f).is_file() for f in files.values()) and Path(files["frontal"]).parent == out
+    assert "axon_geometry" in Path(files["frontal"]).read_bytes()[:65536].decode("latin-1")
+    again = _events(axon("sample-case", "--out", str(out), "--no-download", timeout=900).stdout)
+    assert not any(e.get("phase") == "drr" for e in again) and again[-1]["files"] == files
+    (tmp_path / "a_file").write_text("")
+    refused = axon("sample-case", "--out", str(tmp_path / "a_file"), "--no-download")
+    errors = [e for e in _events(refused.stdout) if e["event"] == "error"]
+    assert refused.returncode == protocol.EXIT_INPUT and len(errors) == 1 and errors[0]["kind"] == "input"
+    assert refused.stderr.strip().splitlines() == [f"axon sample-case: error: {errors[0]['message']}"]
+
+
+# --------------------------------------------------------------------------- the options, one JSON document
+OPTION_SETS = [
     ReconstructOptions(),
     ReconstructOptions(device="cpu", precision="fp32", steps=7, samples=3, seed=2**32 - 1, consistency=False,
                        consistency_strength=0.0, start="template", fine_strength=0.35),
     ReconstructOptions(device="cuda:1", precision="bf16", steps=None, samples=64, seed=0, consistency=True,
-                       consistency_strength=2.5, fine_strength=1.0),
+                       consistency_strength=2.5, fine_strength=1.0, framing="none", thorax_width_mm=185.0,
+                       lung_fields=False),
     ReconstructOptions(consistency_strength=0.1 + 0.2, fine_strength=1 / 3),  # floats that print long
-])
-def test_options_round_trip_through_the_real_parser(opts):
+]
+
+
+@pytest.mark.parametrize("opts", OPTION_SETS)
+def test_options_reach_the_worker_as_one_json_document(opts, tmp_path):
     from axonct.app.cli import build_parser, reconstruct_options
 
-    args = build_parser().parse_args(["reconstruct", "--frontal", "f.png", "--out", "o.nrrd", *opts.to_cli_args()])
+    document = tmp_path / "options.json"
+    document.write_text(opts.to_json())
+    args = build_parser().parse_args(["reconstruct", "--frontal", "f.png", "--out", "o.nrrd", "--options",
+                                      str(document)])
     assert reconstruct_options(args) == opts.validate()
     assert ReconstructOptions.from_dict(opts.to_dict()) == opts
+
+
+@pytest.mark.parametrize("document,words", [
+    ('{"samples": 0}', ["--samples must be a whole number from 1 to 64 (got 0)"]),
+    ('{"consistency": "on"}', ["--consistency must be on or off"]),
+    ('{"strength": 1}', ["unknown reconstruction options: strength"]),
+    ('[1, 2]', ["JSON object"]),
+    ('{"samples": ', ["is not a JSON document of reconstruction options"]),
+])
+def test_a_bad_options_document_is_refused_in_one_line_naming_it(tmp_path, document, words):
+    path = tmp_path / "options.json"
+    path.write_text(document)
+    proc = axon("reconstruct", "--frontal", "f.png", "--out", str(tmp_path / "o.nrrd"), "--options", str(path))
+    assert proc.returncode == protocol.EXIT_INPUT
+    line, = proc.stderr.strip().splitlines()
+    for word in [str(path), *words]:
+        assert word in line, (word, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["options.json"]
+
+
+def test_options_document_and_option_flags_do_not_mix(tmp_path):
+    path = tmp_path / "options.json"
+    path.write_text(ReconstructOptions(samples=2).to_json())
+    proc = axon("reconstruct", "--frontal", "f.png", "--out", str(tmp_path / "o.nrrd"), "--options", str(path),
+                "--samples", "1", "--seed", "3")
+    assert proc.returncode == protocol.EXIT_INPUT
+    assert "leave out --samples, --seed" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,25 +1,29 @@
-"""What `axon reconstruct` tells a follower process (the Slicer module, a script): exit codes and
-JSON lines on stdout.
+"""What `axon reconstruct` and `axon sample-case` tell a follower process (the Slicer module, a
+script): exit codes and JSON lines on stdout. The events are a follower's only channel: stderr is for
+people (a terminal's progress bar, one readable line per error or warning, a traceback) and for a log
+a follower keeps for them, never parsed. `axonct.app.worker` runs a command under this protocol.
 
 Torch-free and numpy-free on purpose: the Slicer GUI process imports it to follow a worker without
-loading the engine. It imports nothing of the engine but `errors` and `options`.
+loading the engine. It imports nothing of the engine.
 
 Every machine-readable line is ``PROGRESS_PREFIX`` + one JSON object with an ``"event"`` key:
 
-- ``plan``: sent once the weights are loaded (again if the run restarts, e.g. on the CPU after a GPU
-  out-of-memory): ``phases``, a list of ``{"phase", "units"}`` in run order (``template`` fit
-  iterations with ``--start template``; ``calibration``, one unit per sample and guided stage when
-  consistency is on; ``coarse`` and ``fine`` sampling steps x K; ``sr`` tiles x K), their ``total``,
-  ``samples`` (K) and ``batch``. A follower draws one bar over all phases: `PlanProgress`.
+- ``plan``: sent before any progress event, once the weights are loaded (again if the run restarts,
+  e.g. on the CPU after a GPU out-of-memory): ``phases``, a list of ``{"phase", "units"}`` in run
+  order (``template`` fit iterations with ``--start template``; ``calibration``, one unit per sample
+  and guided stage when consistency is on; ``coarse`` and ``fine`` sampling steps x K; ``sr`` tiles x
+  K; for the sample case ``download``, one unit per file, and ``drr``), their ``total``, ``samples``
+  (K) and ``batch``. A follower draws one bar over all phases: `PlanProgress`.
 - ``progress``: ``phase``, ``step`` (done, 1-based) and ``total`` of the running stage, ``eta_s`` for
   that stage; network stages and the template fit add ``stage`` (``coarse``, ``fine``, ``sr``,
   ``template_affine``, ``template_deform``); sampling and calibration add ``sample`` (first sample
   of the running batch, 1-based), ``samples`` (K) and ``batch`` (samples drawn together).
   Calibration events carry ``"phase": "calibration"`` and ``for_stage`` instead of ``stage``.
 - ``message``: ``message``, a line of text for a status bar.
-- ``result``: ``files`` (volume, std, report) and ``reprojection_consistency``; the run succeeded.
-- ``error``: ``kind`` (input, oom, cancelled, internal), ``message`` and ``exit_code``; a one-line
-  human message goes to stderr as well.
+- ``result``: ``files`` (reconstruct: volume, std, report; sample-case: ct, cr, frontal, lateral),
+  ``warnings`` (each once: what the report lists) and, for a reconstruction,
+  ``reprojection_consistency``; the run succeeded.
+- ``error``: ``kind`` (input, oom, cancelled, internal), ``message`` and ``exit_code``.
 
 Exit codes: `EXIT_OK` 0, `EXIT_INTERNAL` 1 (a bug: traceback on stderr), `EXIT_INPUT` 2, `EXIT_OOM` 3,
 `EXIT_SIGINT` 130 and `EXIT_SIGTERM` 143 (cancelled; nothing written).
@@ -98,13 +102,14 @@ def progress_event(stage: str, step: int, total: int, eta_s: float | None = None
     return event
 
 
-def result_event(files: dict, reprojection_consistency=None) -> dict:
-    return {"event": "result", "files": dict(files), "reprojection_consistency": reprojection_consistency}
+def result_event(files: dict, warnings=(), **extra) -> dict:
+    return {"event": "result", "files": dict(files), "warnings": [str(w) for w in warnings], **extra}
 
 
-def report_checks_text(report: dict) -> tuple[str, list[str]]:
+def report_checks_text(report: dict) -> str:
     """A one-line account of a reconstruct report's input checks (framing, lung-field Dice, chest
-    measures) and its warnings, for the panel and the console. Missing parts are left out."""
+    measures), for the panel and the console; missing parts are left out. The warnings are not in it:
+    the result event carries them, each once."""
     parts = []
     framing = report.get("framing") or {}
     views = framing.get("views") or {}
@@ -119,7 +124,7 @@ def report_checks_text(report: dict) -> tuple[str, list[str]]:
     anatomy = report.get("anatomy") or {}
     if isinstance(anatomy.get("enclosed_air_fraction"), (int, float)):
         parts.append(f"lung air {100 * anatomy['enclosed_air_fraction']:.0f} % of the body")
-    return "; ".join(parts), [str(w) for w in report.get("warnings") or []]
+    return "; ".join(parts)
 
 
 def error_event(kind: str, message: str, exit_code: int | None = None) -> dict:
@@ -143,14 +148,7 @@ def parse_line(line: str) -> dict | None:
         event = json.loads(line[len(PROGRESS_PREFIX):])
     except json.JSONDecodeError:
         return None
-    if not isinstance(event, dict):
-        return None
-    if "event" not in event:  # a line from before the structured events
-        event["event"] = "message" if "message" in event else "progress" if "stage" in event else "unknown"
-    return event
-
-
-parse_progress_line = parse_line  # the older name
+    return event if isinstance(event, dict) and "event" in event else None
 
 
 # ----------------------------------------------------------------------------- following a run
@@ -239,8 +237,8 @@ class ProgressLines:
         self.emit(event)
         return event
 
-    def result(self, files: dict, reprojection_consistency=None) -> None:
-        self.emit(result_event(files, reprojection_consistency))
+    def result(self, files: dict, warnings=(), **extra) -> None:
+        self.emit(result_event(files, warnings, **extra))
 
     def error(self, kind: str, message: str, exit_code: int | None = None) -> None:
         self.emit(error_event(kind, message, exit_code))

@@ -1,28 +1,28 @@
 """`axon reconstruct`: the job the CLI and the Slicer module's background process run.
 
-Contract with a follower process (`axonct.app.protocol`): JSON event lines on stdout (a plan once
-the weights are loaded, progress, messages, then a result or an error), errors also as one readable
-line on stderr, and the protocol's exit codes: `EXIT_OK`, `EXIT_INPUT` (bad input), `EXIT_OOM`,
-`EXIT_SIGINT`/`EXIT_SIGTERM` (cancelled), `EXIT_INTERNAL` (a bug, with its traceback). Outputs
-appear only when complete: nothing is written until every stage has finished, and each file is
-written under a temporary name and renamed.
+Contract with a follower process (`axonct.app.protocol`, run by `axonct.app.worker`): JSON event
+lines on stdout (a plan once the weights are loaded, progress, messages, then a result with the files,
+the reprojection consistency and the report's warnings, or an error) and the protocol's exit codes:
+`EXIT_OK`, `EXIT_INPUT` (bad input), `EXIT_OOM`, `EXIT_SIGINT`/`EXIT_SIGTERM` (cancelled),
+`EXIT_INTERNAL` (a bug, with its traceback on stderr). Outputs appear only when complete: nothing is
+written until every stage has finished, and each file is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from axonct.errors import AxonInputError
 from axonct.options import ReconstructOptions
-from axonct.io.output_policy import CooperativeSignals, Outputs
+from axonct.io.output_policy import Outputs
 from axonct.pipeline.loading import default_weights_dir
 from axonct.pipeline.reconstruction import AxonPipeline, ReconstructionOutput, is_out_of_memory
-from axonct.app.protocol import (EXIT_INPUT, EXIT_OK, EXIT_OOM, EXIT_SIGINT, EXIT_SIGNAL, Cancelled,
-                                 ProgressLines)
+from axonct.app.protocol import Cancelled, ProgressLines
+from axonct.app.worker import run_for_follower
 from axonct.guidance.reprojection import consistency_report
 from axonct.io.volume_export import output_format, plan_volume, report_name, sibling, write_volume
 
@@ -38,9 +38,6 @@ class ReconstructRequest:
     options: ReconstructOptions = field(default_factory=ReconstructOptions)
     oom_fallback: bool = False
     overwrite: bool = False  # replace the outputs of an earlier AXON run at the same names
-
-
-_Signals = CooperativeSignals  # SIGINT/SIGTERM -> a flag the progress callback checks between steps
 
 
 def run_reconstruction(req: ReconstructRequest, progress: ProgressLines) -> dict:
@@ -162,35 +159,13 @@ def _report(result: ReconstructionOutput, req, weights, pipeline, seconds, volum
     }
 
 
-def main_reconstruct(req: ReconstructRequest) -> int:
-    with _Signals() as signals:
-        progress = ProgressLines(human=sys.stderr.isatty(), should_stop=lambda: signals.received is not None)
-        try:
-            report = run_reconstruction(req, progress)
-        except Cancelled:
-            return _failed(progress, "cancelled", "cancelled; no output was written",
-                           EXIT_SIGNAL.get(signals.received, EXIT_SIGINT))
-        except AxonInputError as exc:
-            return _failed(progress, "input", f"error: {exc}", EXIT_INPUT)
-        except MemoryError as exc:
-            return _failed(progress, "oom", f"error: {exc}", EXIT_OOM)
-        except Exception as exc:  # a bug: the event, then the traceback (exit code 1, EXIT_INTERNAL)
-            progress.close()
-            progress.error("internal", f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            progress.close()
-    progress.message("done")
-    progress.result(report["files"], report["reprojection_consistency"])
-    # the last line, plain JSON, for shell use (`| tail -n 1`)
-    print(json.dumps({"done": True, "files": report["files"],
-                      "reprojection_consistency": report["reprojection_consistency"]}))
-    return EXIT_OK
+def main_reconstruct(req: ReconstructRequest | Callable[[], ReconstructRequest]) -> int:
+    """The job under the protocol: SIGINT/SIGTERM stop it at the next step and nothing is written. A
+    callable request is built inside, so a refused option (a bad `--options` document) is an error
+    event like any other."""
+    def work(progress: ProgressLines) -> dict:
+        report = run_reconstruction(req() if callable(req) else req, progress)
+        return {"files": report["files"], "warnings": report.get("warnings", []),
+                "reprojection_consistency": report["reprojection_consistency"]}
 
-
-def _failed(progress: ProgressLines, kind: str, text: str, code: int) -> int:
-    """An error event on stdout and the one human line on stderr; returns the exit code."""
-    progress.close()
-    progress.error(kind, text.removeprefix("error: "), code)
-    print(f"axon reconstruct: {text}", file=sys.stderr)
-    return code
+    return run_for_follower("reconstruct", work)

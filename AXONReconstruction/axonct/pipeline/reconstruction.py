@@ -196,7 +196,8 @@ class AxonPipeline:
         reconstruct` runs them. ``frontal``/``lateral``: paths, `Radiograph`s (e.g. DRRs made by
         `framing.model_view_radiographs`) or 2-D arrays. ``options.device``/``precision`` are those of
         the loaded pipeline (`load`) and are not changed here. ``message(text)`` receives the framing
-        summary and each warning; ``stop_after`` cuts the run after a stage (evaluation ablations)."""
+        summary; the warnings are in the output's checks, said once by whoever reports them.
+        ``stop_after`` cuts the run after a stage (evaluation ablations)."""
         from axonct.pipeline.quality import framing_summary, input_checks
 
         opts = (options or ReconstructOptions()).validate()
@@ -219,8 +220,6 @@ class AxonPipeline:
                                start=start, fine_strength=opts.fine_strength, lung_fields=guided_fields,
                                size_factor=frame.size_factor)
         checks = input_checks(rec, frame, fields)
-        for warning in checks["warnings"]:
-            say(f"warning: {warning}")
         return ReconstructionOutput(rec, frame, fields, checks, opts)
 
     def run_plan(self, options: ReconstructOptions | None = None) -> dict[str, int]:

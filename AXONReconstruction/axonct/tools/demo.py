@@ -33,12 +33,17 @@ DEMO_FILES = ("reconstruction.nrrd", "ground_truth_model_grid.nrrd", "input_fron
               "montage.png", "metrics.json")
 
 
-def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "realistic", seed: int = 0,
-             steps: int | None = None, device: str = "auto", progress=None, consistency: bool = True,
-             precision: str = "auto", overwrite: bool = False) -> dict:
+def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "realistic",
+             options: ReconstructOptions | None = None, progress=None, overwrite: bool = False,
+             **option_values) -> dict:
+    """The demo with ``options`` (or their fields as keywords; the others keep their defaults): the
+    seed also seeds the radiograph simulation."""
     from axonct.runtime import resolve_device
     from axonct.pipeline.loading import default_weights_dir
 
+    if options is not None and option_values:
+        raise TypeError(f"give options or option values, not both ({', '.join(option_values)})")
+    options = (options or ReconstructOptions(**option_values)).validate()
     t0 = time.time()
     out = Path(out)
     outputs = Outputs("demo", overwrite=overwrite)  # every output checked before any compute
@@ -47,19 +52,19 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
         outputs.file(out / name)
     outputs.check(64 << 20)
     ct_path = sample_ct_path(fetch=True)
-    pipe = AxonPipeline.load(weights or default_weights_dir(), resolve_device(device), precision=precision)
+    pipe = AxonPipeline.load(weights or default_weights_dir(), resolve_device(options.device),
+                             precision=options.precision)
     data = pipe.preset.data
     image, meta = read_ct_with_meta(ct_path)
     truth = ct_to_model(image, data.grid, remove_bed=data.remove_bed)
     with torch.no_grad():
         drr = drr_from_unit_volume(torch.from_numpy(truth.array), data.grid, data.geometry)
     if views == "realistic":
-        model_views = simulate_radiograph(drr, RealismConfig(), seed=seed).numpy()
+        model_views = simulate_radiograph(drr, RealismConfig(), seed=options.seed).numpy()
     else:
         model_views = robust_unit(drr[:, None])[:, 0].numpy()
     mask = np.ones(2, np.float32)
     frontal, lateral = model_view_radiographs(model_views, mask, data)  # with their geometry, like `axon drr`'s
-    options = ReconstructOptions(device=device, precision=precision, steps=steps, seed=seed, consistency=consistency)
     result = pipe(frontal, lateral, options, progress=progress)  # exactly what `axon reconstruct` runs
     rec = result.reconstruction
     record = pipe.cards["coarse"]["trained_on"]
@@ -75,7 +80,7 @@ def run_demo(out: str | Path, weights: str | Path | None = None, views: str = "r
     metrics["reprojection_consistency"] = consistency_report(rec.mean, data.grid, data, model_views, mask)
     metrics["seconds"] = {**{k: round(v, 1) for k, v in rec.seconds.items()}, "total": round(time.time() - t0, 1)}
     metrics["views"] = views
-    metrics["consistency"] = "on" if consistency else "off"
+    metrics["consistency"] = "on" if options.consistency else "off"
     metrics["device"] = str(pipe.device)
     metrics["precision"] = pipe.precision.to_dict()
     metrics["framing"] = result.checks["framing"]
