@@ -18,6 +18,7 @@ from slicer.parameterNodeWrapper import (
 from slicer import vtkMRMLScalarVolumeNode
 
 from AXONReconstructionLib.logic import BUNDLED_WEIGHTS, ReconstructionLogic
+from AXONReconstructionLib.panel import PANEL, applyOptionSpecs, optionsFromPanel
 
 
 #
@@ -139,30 +140,34 @@ def ensureDependencies() -> bool:
 #
 
 
-class Device(enum.Enum):
-    AUTO = "auto"
-    GPU = "cuda"
-    CPU = "cpu"
-
-    def label(self):
-        return {"auto": _("Auto (GPU if available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
-
-
-class Precision(enum.Enum):
-    AUTO = "auto"
-    BF16 = "bf16"
-    FP32 = "fp32"
-
-    def label(self):
-        return {"auto": _("Auto (measured per machine)"), "bf16": _("bf16"), "fp32": _("fp32")}[self.value]
+def choiceEnum(className: str, option: str):
+    """An enum of a reconstruction option's values (the engine's, in its order), for its combo box:
+    Slicer's connector lists each member's `label()`."""
+    choices = PANEL[option]
+    cls = enum.Enum(className, [(value.upper(), value) for value in choices.choices])
+    labels = dict(zip(choices.choices, choices.labels))
+    cls.label = lambda self: _(labels[self.value])
+    return cls
 
 
-class StartMode(enum.Enum):
-    STAGE1 = "stage1"
-    TEMPLATE = "template"
+CHOICE_ENUMS = {"device": choiceEnum("Device", "device"), "precision": choiceEnum("Precision", "precision"),
+                "start": choiceEnum("StartMode", "start")}
 
-    def label(self):
-        return {"stage1": _("Stage I output"), "template": _("Template fit to the views")}[self.value]
+
+def withOptionParameters(cls):
+    """One parameter per reconstruction option (`AXONReconstructionLib.panel.PANEL`), with its type, its
+    range (Slicer's connectors give it to the widget) and its default, all from the engine's options."""
+    for name, option in PANEL.items():
+        if option.kind == "combo":
+            kind = CHOICE_ENUMS[name]
+            default = kind(option.default)
+        elif option.kind == "check":
+            kind, default = bool, option.default
+        else:
+            kind, default = Annotated[option.valueType, WithinRange(option.minimum, option.maximum)], option.default
+        cls.__annotations__[option.parameter] = kind
+        setattr(cls, option.parameter, default)
+    return cls
 
 
 class ExportFormat(enum.Enum):
@@ -175,6 +180,7 @@ class ExportFormat(enum.Enum):
 
 
 @parameterNodeWrapper
+@withOptionParameters
 class AXONReconstructionParameterNode:
     """
     The parameters needed by module.
@@ -183,38 +189,17 @@ class AXONReconstructionParameterNode:
     lateralVolume - optional lateral radiograph.
     groundTruthVolume - optional CT (HU) to compare the reconstruction with.
     weightsPath - folder with the model weights (default: the bundled CPU weights).
-    device - where the model runs.
-    precision - number format of the networks (auto: bf16 only where this machine runs it fast).
-    steps - sampling steps of stages I and II (0: the weights' default).
-    samples - number of stochastic samples; more than 1 also gives a standard-deviation map.
-    seed - random seed (same inputs and seed give the same result).
-    consistency - steer sampling towards agreement with the input radiographs (reprojection consistency).
-    consistencyStrength - how strongly (0-4; 1 = a full correction per step).
-    startMode - what Stage II starts from: Stage I's output, or the training CT fitted to the views.
-    fineStrength - Stage II start strength 0-1 (below 0: the weights' default).
-    framing - frame the radiographs by their lung fields (else the whole image).
-    lungFields - keep lung air behind the radiograph's lung fields while sampling.
-    thoraxWidthMm - the patient's lung-field width in mm (0: measured or assumed).
     outputVolume - volume that receives the reconstruction (none: a new volume per run).
     exportFormat, exportDirectory - where and how Export writes the reconstruction.
+    And one parameter per reconstruction option (`withOptionParameters`): device, precision, steps,
+    samples, seed, consistency, consistencyStrength, start, fineStrength, framing, thoraxWidthMm,
+    lungFields; their ranges, defaults and tooltips are the engine's (axonct/options.py).
     """
 
     frontalVolume: vtkMRMLScalarVolumeNode
     lateralVolume: vtkMRMLScalarVolumeNode
     groundTruthVolume: vtkMRMLScalarVolumeNode
     weightsPath: pathlib.Path = BUNDLED_WEIGHTS
-    device: Device = Device.AUTO
-    precision: Precision = Precision.AUTO
-    steps: Annotated[int, WithinRange(0, 1000)] = 0
-    samples: Annotated[int, WithinRange(1, 32)] = 1
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
-    consistency: bool = True
-    consistencyStrength: Annotated[float, WithinRange(0.0, 4.0)] = 1.0
-    startMode: StartMode = StartMode.STAGE1
-    fineStrength: Annotated[float, WithinRange(-0.05, 1.0)] = -0.05
-    framing: bool = True
-    lungFields: bool = True
-    thoraxWidthMm: Annotated[float, WithinRange(0.0, 450.0)] = 0.0
     outputVolume: vtkMRMLScalarVolumeNode
     exportFormat: ExportFormat = ExportFormat.NRRD
     exportDirectory: pathlib.Path
@@ -251,6 +236,8 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/AXONReconstruction.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        # The option widgets' ranges, defaults and tooltips are the engine's (the .ui has none of them).
+        applyOptionSpecs(slicer.util.findChildren(uiWidget))
 
         # Set scene in MRML widgets (the .ui connects mrmlSceneChanged to each node selector).
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -376,13 +363,8 @@ class AXONReconstructionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def reconstructOptions(self):
         """The panel's settings as the engine's `ReconstructOptions` (what the worker is started with)."""
-        from AXONReconstructionLib.job import reconstructOptions
-
         p = self._parameterNode
-        return reconstructOptions(
-            device=p.device.value, precision=p.precision.value, steps=p.steps, samples=p.samples, seed=p.seed,
-            consistency=p.consistency, consistencyStrength=p.consistencyStrength, start=p.startMode.value,
-            fineStrength=p.fineStrength, framing=p.framing, lungFields=p.lungFields, thoraxWidthMm=p.thoraxWidthMm)
+        return optionsFromPanel({option.parameter: getattr(p, option.parameter) for option in PANEL.values()})
 
     def startSampleCase(self, cacheDir) -> None:
         """Prepare the sample case in the background (Sample Data button); followed like a reconstruction."""

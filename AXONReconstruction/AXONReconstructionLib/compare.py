@@ -15,7 +15,6 @@ import numpy as np
 import slicer
 
 from . import mrmlio
-from .job import CT_WINDOW_LEVEL
 
 DIFFERENCE_WINDOW_LEVEL = (1000.0, 0.0)
 REF_DIFFERENCE = "AXONDifference"
@@ -24,7 +23,7 @@ REF_METRICS = "AXONMetrics"
 
 
 class ComparisonLogic:
-    """Mixed into `logic.ReconstructionLogic`; ``self._tempRoot()`` (a scratch folder) comes from the
+    """Mixed into `logic.ReconstructionLogic`; ``self.temporaryRoot()`` (a scratch folder) comes from the
     host class (`job.ReconstructionJobs`)."""
 
     def compare(self, reconstructionNode, groundTruthNode) -> dict:
@@ -46,7 +45,7 @@ class ComparisonLogic:
         if reconstructionNode is None or reconstructionNode.GetImageData() is None:
             raise ValueError("choose a reconstruction volume first")
         prediction = mrmlio.imageFromVolumeNode(reconstructionNode, np.float32)
-        temp = Path(tempfile.mkdtemp(prefix="AXON-compare-", dir=self._tempRoot()))
+        temp = Path(tempfile.mkdtemp(prefix="AXON-compare-", dir=self.temporaryRoot()))
         try:
             path = temp / "ground_truth.nrrd"
             sitk.WriteImage(mrmlio.imageFromVolumeNode(groundTruthNode, np.float32), str(path), False)
@@ -67,7 +66,7 @@ class ComparisonLogic:
         name = reconstructionNode.GetName()
         truth = self._referencedVolume(reconstructionNode, REF_TRUTH_ON_GRID, f"{groundTruthNode.GetName()} on AXON grid")
         mrmlio.copyGeometry(reconstructionNode, truth, gt_hu.astype(np.float32))
-        mrmlio.setWindowLevel(truth, *CT_WINDOW_LEVEL)
+        mrmlio.setWindowLevel(truth, *mrmlio.CT_WINDOW_LEVEL)
         diff = self._referencedVolume(reconstructionNode, REF_DIFFERENCE, f"{name} minus ground truth (HU)")
         mrmlio.copyGeometry(reconstructionNode, diff, (pred_hu - gt_hu).astype(np.float32))
         mrmlio.setWindowLevel(diff, *DIFFERENCE_WINDOW_LEVEL)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import mrmlio
-from .job import REF_UNCERTAINTY
+from .reconstruction import REF_UNCERTAINTY
 
 EXPORT_SUFFIX = {"nrrd": ".nrrd", "nifti": ".nii.gz", "dicom": ""}
 

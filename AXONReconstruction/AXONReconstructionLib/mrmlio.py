@@ -96,6 +96,10 @@ def copyGeometry(source, target, array: np.ndarray) -> None:
     slicer.util.updateVolumeFromArray(target, np.ascontiguousarray(array))
 
 
+CT_WINDOW_LEVEL = (1500.0, -400.0)
+"""A CT's window and level: the lung window, where lungs, soft tissue and bone are all readable."""
+
+
 def setWindowLevel(node, window: float, level: float) -> None:
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()

@@ -1,4 +1,5 @@
-"""A child process whose stdout/stderr lines are read on threads, so the GUI never blocks.
+"""A child process whose stdout lines are read on a thread, so the GUI never blocks; its stderr goes to
+a log file (for a person to read, never parsed).
 
 `WorkerProcess.readLines()` returns what arrived since the last call (for a QTimer in the panel);
 `stop()` ends the whole process tree: the worker runs in its own process group (POSIX) or process
@@ -17,55 +18,56 @@ from collections.abc import Sequence
 
 
 class WorkerProcess:
-    """Start `args` now; collect ("out" | "err", line) pairs from two reader threads."""
+    """Start `args` now; collect its stdout lines on a reader thread, its stderr in ``log`` (or nowhere)."""
 
-    def __init__(self, args: Sequence[str], env: dict | None = None, cwd: str | None = None):
+    def __init__(self, args: Sequence[str], env: dict | None = None, cwd: str | None = None, log=None):
         self.args = [str(a) for a in args]
-        kwargs = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        self._log = open(log, "wb") if log is not None else subprocess.DEVNULL
+        kwargs = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, text=True,
                       encoding="utf-8", errors="replace", bufsize=1, env=env, cwd=cwd)
         if os.name == "nt":
             kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP
                                        | getattr(subprocess, "CREATE_NO_WINDOW", 0))
         else:
             kwargs["start_new_session"] = True  # own process group: one signal reaches every child
-        self.proc = subprocess.Popen(self.args, **kwargs)
+        try:
+            self.proc = subprocess.Popen(self.args, **kwargs)
+        finally:
+            if log is not None:
+                self._log.close()  # the child holds its own handle
         self._queue: queue.Queue = queue.Queue()
-        self._open = {"out", "err"}
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, "out"), daemon=True, name="AXON-stdout"),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, "err"), daemon=True, name="AXON-stderr"),
-        ]
-        for t in self._threads:
-            t.start()
+        self._open = True
+        self._thread = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True, name="AXON-stdout")
+        self._thread.start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _pump(self, stream, tag: str) -> None:
+    def _pump(self, stream) -> None:
         try:
             for line in iter(stream.readline, ""):
-                self._queue.put((tag, line.rstrip("\r\n")))
+                self._queue.put(line.rstrip("\r\n"))
         except (OSError, ValueError):  # stream closed under us by stop()
             pass
         finally:
-            self._queue.put((tag, None))
+            self._queue.put(None)
 
-    def readLines(self) -> list[tuple[str, str]]:
-        """Lines received since the last call, in arrival order per stream; never blocks."""
+    def readLines(self) -> list[str]:
+        """Stdout lines received since the last call, in order; never blocks."""
         lines = []
         while True:
             try:
-                tag, line = self._queue.get_nowait()
+                line = self._queue.get_nowait()
             except queue.Empty:
                 return lines
             if line is None:
-                self._open.discard(tag)
+                self._open = False
             else:
-                lines.append((tag, line))
+                lines.append(line)
 
     def finished(self) -> bool:
-        """True once the process has exited and both streams are fully read (call readLines first)."""
+        """True once the process has exited and its stdout is fully read (call readLines first)."""
         return self.proc.poll() is not None and not self._open
 
     @property
@@ -113,11 +115,9 @@ class WorkerProcess:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        for t in self._threads:
-            t.join(timeout=5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        self._thread.join(timeout=5)
+        try:
+            self.proc.stdout.close()
+        except OSError:
+            pass
         return self.proc.poll()

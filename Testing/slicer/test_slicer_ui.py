@@ -28,12 +28,18 @@ if str(REPO / "scripts") not in sys.path:
 
 
 def _parameter_fields() -> set[str]:
-    """Field names of the @parameterNodeWrapper class in the module file."""
+    """Parameters of the @parameterNodeWrapper class in the module file: its own fields, and one per
+    reconstruction option when it is decorated with `withOptionParameters` (the panel's names of them)."""
     tree = ast.parse(MODULE_FILE.read_text())
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(
                 getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
-            return {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+            fields = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
+            if any(getattr(d, "id", None) == "withOptionParameters" for d in node.decorator_list):
+                from AXONReconstructionLib.panel import PANEL
+
+                fields |= {option.parameter for option in PANEL.values()}
+            return fields
     raise AssertionError("no @parameterNodeWrapper class in AXONReconstruction.py")
 
 
