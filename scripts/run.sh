@@ -3,9 +3,11 @@
 # packages if needed, fetch the sample data once, then run the main job or the test suite.
 #   bash scripts/run.sh demo [axon demo options]   # set up + main job
 #   bash scripts/run.sh test [pytest options]      # set up + whole test suite
+#   bash scripts/run.sh app | app-test | app-screenshots   # AXON in the browser (own environment: scripts/app.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 job="${1:-demo}"; shift || true
+case "$job" in app|app-test|app-screenshots) exec bash scripts/app.sh "$job" "$@" ;; esac
 
 python_bin="${PYTHON:-}"
 if [ -z "$python_bin" ]; then

@@ -28,7 +28,7 @@ from pathlib import Path
 from axonct.errors import AxonInputError
 from axonct.options import OPTIONS, ReconstructOptions
 
-from .files import ServerFiles, WorkFolder
+from .files import IMAGE_SUFFIXES, ServerFiles, WorkFolder
 
 EXPORT_FORMATS = {"nrrd": "NRRD (.nrrd)", "nifti": "NIfTI (.nii.gz)", "dicom": "DICOM series (a .zip of the folder)"}
 SLOT_LABELS = {"frontal": "frontal radiograph", "lateral": "lateral radiograph", "truth": "ground-truth CT"}
@@ -109,6 +109,17 @@ def parse_options(values: dict) -> ReconstructOptions:
                 raise AxonInputError(None, f"argument {spec.flag}: {exc}") from None
         chosen[name] = value
     return ReconstructOptions(**chosen).validate()
+
+
+def node_name(name: str) -> str:
+    """A scene node's name for a file, as Slicer names a loaded volume: without its extension (the
+    reconstruction is named after its inputs, and the Lib's export reads a dot in that name as a file
+    type)."""
+    base = Path(name.rstrip("/")).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base or "input"
 
 
 def thumbnail(pixels) -> str:
@@ -260,12 +271,13 @@ class Workflow:
         if path.name.lower().endswith(ITK_RADIOGRAPH_SUFFIXES):
             volumes = slicer.vtkSlicerVolumesLogic()
             volumes.SetMRMLScene(self.scene)
-            node = volumes.AddArchetypeVolume(str(path), self.scene.GenerateUniqueName(name), 4)  # 4: single file
+            node = volumes.AddArchetypeVolume(str(path), self.scene.GenerateUniqueName(node_name(name)), 4)  # 4: one file
             if node is not None and len(slicer.util.arrayFromVolume(node).shape) != 3:
                 self.scene.RemoveNode(node)
                 node = None
         if node is None:  # PNG/JPEG/TIFF, or a file Slicer cannot read: the engine reader's pixels
-            node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+            node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                self.scene.GenerateUniqueName(node_name(name)))
             pixels = np.asarray(radiograph.pixels, dtype=np.float32)
             slicer.util.updateVolumeFromArray(node, pixels[np.newaxis])
             spacing = radiograph.pixel_spacing_mm or (1.0, 1.0)
@@ -274,7 +286,7 @@ class Workflow:
             mrmlio.radiographPixels(node)  # the Lib's own check: a single 2-D image
         except ValueError as exc:
             self.scene.RemoveNode(node)
-            raise AxonInputError(name, str(exc).split(": ", 1)[-1] if "'" in str(exc) else str(exc)) from None
+            raise AxonInputError(name, str(exc).replace(f"'{node.GetName()}' ", "")) from None
         return node, thumbnail(radiograph.pixels)
 
     def _load_ct(self, path: Path, name: str):
@@ -287,7 +299,7 @@ class Workflow:
             image = read_ct(path)
         except AxonInputError as exc:
             raise self._named(exc, path, name) from None
-        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(name))
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(node_name(name)))
         mrmlio.updateVolumeNodeFromImage(node, image)
         mrmlio.setWindowLevel(node, *CT_WINDOW_LEVEL)
         return node

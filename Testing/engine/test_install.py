@@ -72,7 +72,10 @@ def test_wheel_carries_engine_weights_and_no_checkout_files(installed):
     shipped = {n for n in names if n.startswith("axonct/") and n.endswith(".py")}
     assert shipped == sources, ("wheel and source tree differ", sorted(shipped ^ sources))
     assert "axonct/app/cli.py" in shipped and "axonct/pipeline/reconstruction.py" in shipped
-    assert not [n for n in names if n.startswith(("Testing/", "AXONReconstructionLib/", "scripts/"))]
+    assert not [n for n in names if n.startswith(("Testing/", "scripts/", "AXONWeb/"))]
+    for package, root in (("AXONReconstructionLib", engine), ("axonweb", REPO / "AXONWeb")):  # what `axon app` runs
+        sources = {p.relative_to(root).as_posix() for p in (root / package).rglob("*.py") if "__pycache__" not in p.parts}
+        assert {n for n in names if n.startswith(package + "/")} == sources, (package, sources)
     meta = next(n for n in names if n.endswith("METADATA"))
     requires = [line for line in zipfile.ZipFile(installed["wheel"]).read(meta).decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra ==" not in line]

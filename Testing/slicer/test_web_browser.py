@@ -47,6 +47,9 @@ PATHS = [REPO / "AXONReconstruction", REPO / "AXONWeb"]
 MAX_UPLOAD_MB = 2
 JOB_TIMEOUT_S = 900  # a shared 2-core machine; the tiny weights take 20 s to 2 min
 SHOTS = Path(os.environ["AXON_APP_SCREENSHOTS"]) if os.environ.get("AXON_APP_SCREENSHOTS") else None
+BUNDLED = os.environ.get("AXON_APP_TEST_WEIGHTS") == "bundled"
+"""`bash scripts/run.sh app-screenshots`: the same steps with the bundled weights (a real reconstruction
+for README's pictures) instead of the tiny test weights."""
 TIMINGS: dict[str, float] = {}
 
 
@@ -90,7 +93,8 @@ def _radiograph_png(path: Path, colour: bool = False) -> Path:
 
 # ----------------------------------------------------------------------------- the server and the browser
 @pytest.fixture(scope="module")
-def app(tiny_weights, tmp_path_factory):
+def app(request, tmp_path_factory):
+    weights = [] if BUNDLED else ["--weights", request.getfixturevalue("tiny_weights")]
     root = tmp_path_factory.mktemp("web")
     data, work = root / "data", root / "work"
     data.mkdir()
@@ -100,7 +104,7 @@ def app(tiny_weights, tmp_path_factory):
     os.symlink(root / "outside.png", data / "link-out.png")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "axonweb", "--port", "0", "--work-dir", work, "--data-dir", data,
-                             "--weights", tiny_weights, "--max-upload-mb", str(MAX_UPLOAD_MB)],
+                             *weights, "--max-upload-mb", str(MAX_UPLOAD_MB)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             start_new_session=True)
     url, said = None, []
@@ -118,7 +122,7 @@ def app(tiny_weights, tmp_path_factory):
     TIMINGS["server start"] = time.time() - t0
     stderr_lines = []
     try:
-        yield {"url": url, "work": work, "data": data, "root": root, "proc": proc, "weights": tiny_weights,
+        yield {"url": url, "work": work, "data": data, "root": root, "proc": proc, "weights": weights,
                "stdout": said, "stderr": stderr_lines}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the app's own process group: the server and any worker
@@ -232,13 +236,13 @@ def test_the_app_says_where_it_listens_and_serves_the_page(app, browser):
 def test_bad_inputs_get_the_command_lines_one_line_messages(app, browser, tmp_path):
     # a colour radiograph: the engine's reader refuses it with the message `axon reconstruct` prints
     cli = _cli_error(_axon("reconstruct", "--frontal", app["data"] / "colour.png", "--out", tmp_path / "r.nrrd",
-                           "--weights", app["weights"], check=False), "reconstruct")
+                           *app["weights"], check=False), "reconstruct")
     assert str(app["data"] / "colour.png") in cli
     _open_server_file(browser, "frontal", "colour.png")
     _error_is(browser, cli.replace(str(app["data"] / "colour.png"), "colour.png"), "a colour PNG")
     # a file that is not an image, through the same reader
     cli = _cli_error(_axon("reconstruct", "--frontal", app["data"] / "notes.txt", "--out", tmp_path / "r.nrrd",
-                           "--weights", app["weights"], check=False), "reconstruct")
+                           *app["weights"], check=False), "reconstruct")
     _open_server_file(browser, "frontal", "notes.txt")
     _error_is(browser, cli.replace(str(app["data"] / "notes.txt"), "notes.txt"), "a text file")
     # nothing outside the data folder, not even through a link
