@@ -25,7 +25,7 @@ from .job import BUNDLED_WEIGHTS, MODULE_DIR, STAGE_LABELS, Job, JobRunner, dura
 from .job import progressText  # noqa: F401
 from .mrmlio import CT_WINDOW_LEVEL  # noqa: F401
 from .reconstruction import (ATTR_REPORT, REF_UNCERTAINTY, ReconstructionJob, outputName,  # noqa: F401
-                             sourceFileForRadiograph)
+                             resolveWeights, sourceFileForRadiograph)
 from .sampledata import SampleCaseJob
 from .segmentation import REF_SEGMENTATION, SegmentationLogic  # noqa: F401
 
@@ -36,6 +36,7 @@ class ReconstructionLogic(JobRunner, ComparisonLogic, ExportLogic, SegmentationL
 
     sourceFileForRadiograph = staticmethod(sourceFileForRadiograph)
     outputName = staticmethod(outputName)
+    resolveWeights = staticmethod(resolveWeights)
 
     def startReconstruction(self, frontalNode, lateralNode=None, weightsPath=None, outputNode=None,
                             options: ReconstructOptions | None = None, **optionValues) -> None:
