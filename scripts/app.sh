@@ -37,10 +37,13 @@ if command -v dpkg >/dev/null 2>&1; then
   case "$job" in app-test|app-screenshots) need_debian chromium chromium-driver ;; esac
 fi
 
-if [ ! -x .venv-app/bin/python ]; then
+if [ ! -x .venv-app/bin/python ] || [ ! -f .venv-app/pyvenv.cfg ]; then
   echo "== creating .venv-app with $python_bin"
+  rm -rf .venv-app  # a half-made or half-deleted one: its python would install into the base interpreter
   "$python_bin" -m venv .venv-app
 fi
+.venv-app/bin/python -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' ||
+  { echo "app.sh: .venv-app/bin/python is not a virtual environment; remove .venv-app and rerun" >&2; exit 1; }
 stamp=".venv-app/.axon-app-$(sha256sum requirements/app.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "== installing pinned packages (requirements/app.txt)"

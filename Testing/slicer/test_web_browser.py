@@ -103,10 +103,10 @@ def app(request, tmp_path_factory):
     (data / "notes.txt").write_text("not an image")
     os.symlink(root / "outside.png", data / "link-out.png")
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "axonweb", "--port", "0", "--work-dir", work, "--data-dir", data,
+    log = open(root / "server.log", "w")  # noqa: SIM115 - the server's stderr for the whole module
+    proc = subprocess.Popen([sys.executable, "-m", "axonct.app.cli", "app", "--port", "0",  # = `axon app` "--work-dir", work, "--data-dir", data,
                              *weights, "--max-upload-mb", str(MAX_UPLOAD_MB)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=_env(), start_new_session=True)
     url, said = None, []
     deadline = time.time() + 180
     while time.time() < deadline and url is None:
@@ -118,12 +118,11 @@ def app(request, tmp_path_factory):
         said.append(line)
         m = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
         url = m.group(1) if m else None
-    assert url, f"no address printed: {said} {proc.stderr.read() if proc.poll() is not None else ''}"
+    assert url, f"no address printed: {said} {(root / 'server.log').read_text()[-3000:]}"
     TIMINGS["server start"] = time.time() - t0
-    stderr_lines = []
     try:
         yield {"url": url, "work": work, "data": data, "root": root, "proc": proc, "weights": weights,
-               "stdout": said, "stderr": stderr_lines}
+               "stdout": said, "log": root / "server.log"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the app's own process group: the server and any worker
         try:
@@ -131,7 +130,7 @@ def app(request, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-        stderr_lines.append(proc.stderr.read())
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +226,7 @@ def _worker_pids(work: Path) -> list[int]:
 def test_the_app_says_where_it_listens_and_serves_the_page(app, browser):
     said = "".join(app["stdout"])
     assert re.search(r"axon app: open http://127\.0\.0\.1:\d+/", said)
+    assert "axon app: listening on 127.0.0.1 only: this computer alone can open it" in app["log"].read_text()
     assert "Choose a frontal radiograph" in _text(browser, "status")
     assert browser.find_element(By.ID, "reconstruct").get_attribute("disabled") is not None  # no frontal yet
     assert "none chosen" in _text(browser, "name-frontal")

@@ -85,6 +85,17 @@ def test_server_files_only_under_the_data_folder(tmp_path):
     assert files.listing() == ["link.png", "pa.png", "series/", "series/1.dcm"]
 
 
+def test_the_start_line_says_who_can_reach_the_app():
+    from axonweb.command import binding_note, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("myhost")
+    assert binding_note("127.0.0.1", 8080, "/data").startswith("listening on 127.0.0.1 only")
+    note = binding_note("0.0.0.0", 8080, "/data")
+    assert note.startswith("WARNING: listening on 0.0.0.0: anyone who can reach this machine's port 8080")
+    assert "/data" in note and "no login" in note
+
+
 # ----------------------------------------------------------------------------- options typed in the page
 def _cli_message(capsys, *flags: str) -> str:
     from axonct.app.cli import build_parser
@@ -235,9 +246,22 @@ def test_axon_app_without_the_app_extra_says_what_to_install(tmp_path):
     if __import__("importlib").util.find_spec("trame_slicer") is not None:
         pytest.skip("trame-slicer is installed here")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("AXONReconstruction", "AXONWeb")))
-    proc = subprocess.run([sys.executable, "-m", "axonweb", "--work-dir", tmp_path / "w"], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        'axon app: error: the web app needs trame, trame-slicer: pip install "axon-xray2ct[app]"']
-    assert not (tmp_path / "w").exists()
+    for command in (["axonct.app.cli", "app"], ["axonweb"]):  # `axon app`, and `python -m axonweb`
+        proc = subprocess.run([sys.executable, "-m", *command, "--work-dir", tmp_path / "w"], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            'axon app: error: the web app needs trame, trame-slicer: pip install "axon-xray2ct[app]"']
+        assert not (tmp_path / "w").exists()
+
+
+def test_axon_help_loads_no_trame_or_torch():
+    """`axon app` is registered from axonweb.command, which imports only the standard library and
+    the torch-free options: every `axon ... --help` stays light."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("AXONReconstruction", "AXONWeb")))
+    code = ("import sys\nfrom axonct.app.cli import build_parser\n"
+            "sub = build_parser()._subparsers._group_actions[0]\nassert 'app' in sub.choices, sorted(sub.choices)\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'trame', 'trame_slicer', 'slicer', 'vtk') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr

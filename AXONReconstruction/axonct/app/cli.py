@@ -269,6 +269,12 @@ def cmd_sample_case(args) -> int:
     return main_sample_case(args.out, allow_download=not args.no_download)
 
 
+def cmd_app(args) -> int:
+    from axonweb.command import run_app  # the web app (the app extra): trame and Slicer's views load here only
+
+    return run_app(args)
+
+
 COMMAND_FUNCTIONS = {"demo": cmd_demo, "drr": cmd_drr, "prepare": cmd_prepare, "train": cmd_train,
                      "reconstruct": cmd_reconstruct, "evaluate": cmd_evaluate, "benchmark": cmd_benchmark,
                      "gallery": cmd_gallery, "synth": cmd_synth, "fetch-data": cmd_fetch_data,
@@ -282,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
         add_command(sub, name).set_defaults(func=COMMAND_FUNCTIONS[name])
+    try:  # `axon app`, defined beside the web app (absent where the engine ships without it: the Slicer extension)
+        from axonweb.command import DESCRIPTION, SUMMARY, app_arguments
+    except ImportError:
+        pass
+    else:
+        p = sub.add_parser("app", help=SUMMARY, description=DESCRIPTION)
+        app_arguments(p)
+        p.set_defaults(func=cmd_app)
     return parser
 
 
