@@ -104,8 +104,9 @@ def app(request, tmp_path_factory):
     os.symlink(root / "outside.png", data / "link-out.png")
     t0 = time.time()
     log = open(root / "server.log", "w")  # noqa: SIM115 - the server's stderr for the whole module
-    proc = subprocess.Popen([sys.executable, "-m", "axonct.app.cli", "app", "--port", "0",  # = `axon app` "--work-dir", work, "--data-dir", data,
-                             *weights, "--max-upload-mb", str(MAX_UPLOAD_MB)],
+    proc = subprocess.Popen([sys.executable, "-m", "axonct.app.cli", "app",  # what `axon app` runs
+                             "--port", "0", "--work-dir", work, "--data-dir", data, *weights,
+                             "--max-upload-mb", str(MAX_UPLOAD_MB)],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=_env(), start_new_session=True)
     url, said = None, []
     deadline = time.time() + 180
