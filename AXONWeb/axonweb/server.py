@@ -90,6 +90,7 @@ class AxonWebApp:
 
     def _run(self, action, *args):
         """Run one workflow action; any refusal or failure becomes the page's one error line."""
+        layout = self.layout_manager.layout_id
         try:
             return action(*args)
         except Exception as exc:  # noqa: BLE001 - every failure is shown, none takes the server down
@@ -101,6 +102,15 @@ class AxonWebApp:
         finally:
             self.push()
             self._ensure_poller()
+            if self.layout_manager.layout_id != layout:
+                self._refit_later()
+
+    def _refit_later(self) -> None:
+        """Fit the views again once the page has sized the views a new layout created (they start at a
+        default size, so a fit at once frames the volume for the wrong shape)."""
+        loop = asyncio.get_event_loop()
+        for delay in (0.7, 2.0):
+            loop.call_later(delay, self.views.reset_views)
 
     async def _run_slow(self, what: str, action, *args):
         """Show what is happening before a blocking action (compare reads and resamples a CT)."""
@@ -124,6 +134,8 @@ class AxonWebApp:
                 events = [{"type": "error"}]
             if events:
                 self.push()
+                if any(e.get("type") == "done" for e in events):
+                    self._refit_later()  # a result or the sample case: new volumes in the views
             if not self.workflow.logic.isRunning():
                 self.workflow.job = None
                 self.push()

@@ -328,6 +328,8 @@ def test_reconstruct_moves_the_progress_bar_and_a_second_tab_sees_the_job(app, b
     for warning in warnings:  # each warning of the report is shown, and named in the status line too
         assert warning and warning in _text(browser, "status")
     assert not browser.find_elements(By.ID, "busy")
+    browser.execute_script("document.getElementById('result-name').scrollIntoView({block: 'start'})")
+    time.sleep(3)
     _shot(browser, "05-result")
 
 
@@ -353,6 +355,8 @@ def test_compare_shows_the_numbers_axon_evaluate_gives(app, browser, tmp_path):
     TIMINGS["compare"] = time.time() - t0
     rows = {r.find_elements(By.TAG_NAME, "td")[0].text: r.find_elements(By.TAG_NAME, "td")[1].text
             for r in browser.find_elements(By.CSS_SELECTOR, "#metrics .metric-row")}
+    browser.execute_script("document.getElementById('metrics').scrollIntoView({block: 'end'})")
+    time.sleep(3)  # the views' second fit after the layout change
     _shot(browser, "06-compare")
     _click(browser, "right-difference")
     time.sleep(2)
