@@ -83,8 +83,7 @@ from pathlib import Path
 from PIL import Image
 
 # the page with a real reconstruction (bundled weights), for README: result, comparison, difference
-for shot, name in (("05-result", "AXONWeb-result"), ("06-compare", "AXONWeb-compare"),
-                   ("03-second-tab-busy", "AXONWeb-busy")):
+for shot, name in (("05-result", "AXONWeb-result"), ("06-compare", "AXONWeb-compare")):
     image = Image.open(f"out/app-screenshots/{shot}.png").convert("RGB")
     image = image.resize((1280, round(image.height * 1280 / image.width)), Image.LANCZOS)
     image.quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(f"Resources/Screenshots/{name}.png", optimize=True)

@@ -182,6 +182,14 @@ class AxonWebApp:
         def reconstruct():
             self._run(wf.start_reconstruction, self._options_from_state())
 
+        @server.trigger("axon_page_opened")
+        def page_opened():
+            """A new tab: the views send images only when they render, so render them for it now."""
+            loop = asyncio.get_event_loop()
+            for delay in (0.5, 2.0):  # once the tab's views have told the server their size
+                loop.call_later(delay, lambda: [view.schedule_render() for view in
+                                                self.slicer_app.view_manager.get_views()])
+
         @server.trigger("axon_cancel")
         def cancel():
             self._run(wf.cancel)
@@ -264,6 +272,7 @@ class AxonWebApp:
                         self._options_ui(v, html)
                         self._result_ui(v, html)
                         self._compare_export_ui(v, html)
+            client.ClientTriggers(mounted="trigger('axon_page_opened')")
             with ui.content:
                 client.Style(".layout-grid-container div { min-width: 0; min-height: 0; }")  # equal view sizes
                 self.layout_manager.initialize_layout_grid(ui)

@@ -307,6 +307,9 @@ def test_reconstruct_moves_the_progress_bar_and_a_second_tab_sees_the_job(app, b
     _wait(browser, lambda d: "AXON is busy" in _text(d, "busy"), 60, "the second tab's busy line")
     assert browser.find_element(By.ID, "reconstruct").get_attribute("disabled") is not None
     assert _text(browser, "name-frontal") == "LIDC-IDRI-0001 frontal DRR (sample case)"  # the same state
+    _wait(browser, lambda d: len([i for i in d.find_elements(By.CSS_SELECTOR, ".layout-grid-item img")
+                                  if (i.get_attribute("src") or "").startswith(("blob:", "data:"))]) >= 3, 60,
+          "the second tab's slice views to show the scene")
     _shot(browser, "03-second-tab-busy")
     browser.close()
     browser.switch_to.window(first_tab)
