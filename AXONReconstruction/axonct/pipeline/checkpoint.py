@@ -8,6 +8,7 @@ a mismatch with a message that says what to do.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,16 +27,25 @@ def stage_paths(folder: str | Path, stage: str) -> tuple[Path, Path]:
     return folder / f"{stage}.safetensors", folder / f"{stage}.json"
 
 
-def save_stage(folder: str | Path, stage: str, state_dict: dict, preset: ModelPreset, trained_on: dict) -> Path:
+@contextmanager
+def writing_safetensors(path: str | Path, state_dict: dict, metadata: dict[str, str]):
+    """Write ``state_dict`` (on the CPU, contiguous) as safetensors at ``path`` atomically; yields
+    (tensors, SHA-256 of the file) before the file is moved into place, so a card written inside
+    the block exists before the weights do. Every weights file AXON writes goes through here."""
     from safetensors.torch import save_file
 
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        yield tensors, sha256_file(tmp)
+
+
+def save_stage(folder: str | Path, stage: str, state_dict: dict, preset: ModelPreset, trained_on: dict) -> Path:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     weights, card = stage_paths(folder, stage)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"stage": stage, "format_version": str(FORMAT_VERSION)})
-        digest = sha256_file(tmp)
+    with writing_safetensors(weights, state_dict, {"stage": stage, "format_version": str(FORMAT_VERSION)}) as written:
+        tensors, digest = written
     info = {
         "format_version": FORMAT_VERSION,
         "stage": stage,

@@ -174,80 +174,120 @@ def train(
         return _train(*args, run=run)
 
 
-def _train(stage, data, preset, out, resume, device, prior_dir, coarse_dir, progress, log, init_from, run) -> dict:
-    info = init_distributed(torch.device("cuda" if device.startswith("cuda") else "cpu"))
-    dev = resolve_device(device, info)
-    tc = preset.train
+@dataclass
+class _Session:
+    """What one training process works with: the stage's model and optimiser, the data, where it
+    writes, and how it logs (the pieces `_train` hands from setup to the loop to the summary)."""
+
+    stage: str
+    preset: ModelPreset
+    out: Path
+    run: RunFolder | None
+    info: DistInfo
+    dev: torch.device
+    precision: object  # runtime's resolved precision (autocast context, to_dict)
+    log: Callable[[str], None]
+    maker: BatchMaker | None = None
+    val_maker: BatchMaker | None = None
+    val_ids: list | None = None
+    val_label: str = ""
+    model: nn.Module | None = None
+    coarse: nn.Module | None = None
+    params: list | None = None
+    loss_module: nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    ema: EMA | None = None
+
+
+def _check_train_numbers(tc) -> None:
+    """Steps and batch size are whole numbers >= 1 (a config file can hold anything)."""
     for name, value in (("steps", tc.steps), ("batch_size", tc.batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise AxonInputError(None, f"train.{name} must be a whole number of at least 1, not {value!r}")
-    precision = runtime.resolve_precision(tc.precision, dev)
-    log(f"train {stage} on {dev}, precision {precision}")
-    cache = open_caches(data, expected=preset.data)
+
+
+def _open_data(s: _Session, data, resume: bool):
+    """The cache, its training case ids, and the batch makers; for Stage I the input tables (a
+    resumed run keeps the tables it started with: another CPU may round differently)."""
+    tc = s.preset.train
+    cache = open_caches(data, expected=s.preset.data)
     train_ids = cache.case_ids("train") or cache.case_ids("all")
-    val_ids, val_label = cache.case_ids("val"), "held-out (val split)"
-    if not val_ids:
-        val_ids, val_label = train_ids, "seen in training (the cache has no val split)"
+    s.val_ids, s.val_label = cache.case_ids("val"), "held-out (val split)"
+    if not s.val_ids:
+        s.val_ids, s.val_label = train_ids, "seen in training (the cache has no val split)"
     aug = Augmentation(spatial=tc.augment_spatial)
     if not tc.augment_realism:
         aug.realism = None
-    maker = BatchMaker(cache, train_ids, preset.sr.factor, aug)
-    val_maker = BatchMaker(cache, val_ids[: tc.val_cases], preset.sr.factor, Augmentation.none())
-
-    if stage == "coarse":  # a resumed run keeps the tables it started with (another CPU may round differently)
-        saved = _saved_input_tables(out) if resume else None
+    s.maker = BatchMaker(cache, train_ids, s.preset.sr.factor, aug)
+    s.val_maker = BatchMaker(cache, s.val_ids[: tc.val_cases], s.preset.sr.factor, Augmentation.none())
+    if s.stage == "coarse":
+        saved = _saved_input_tables(s.out) if resume else None
         if saved is None:
-            preset = with_input_tables(preset, maker, log)
+            s.preset = with_input_tables(s.preset, s.maker, s.log)
         else:
             try:  # CoarseConfig checks the tables
-                preset = dataclasses.replace(preset, coarse=dataclasses.replace(preset.coarse, input_tables=saved))
+                s.preset = dataclasses.replace(s.preset, coarse=dataclasses.replace(s.preset.coarse,
+                                                                                    input_tables=saved))
             except (TypeError, ValueError) as exc:
-                raise AxonInputError(out / "config.json", f"holds unusable Stage I input tables ({exc}); the run "
-                                                          "cannot be resumed") from None
+                raise AxonInputError(s.out / "config.json", f"holds unusable Stage I input tables ({exc}); the run "
+                                                            "cannot be resumed") from None
+    return cache, train_ids
 
-    if stage == "controlnet" and (prior_dir is None or coarse_dir is None):
+
+def _build_model(s: _Session, prior_dir, coarse_dir) -> None:
+    """The stage's model (seeded), ControlNet's frozen Stage I, the loss (DDP-wrapped across
+    processes), AdamW and the EMA."""
+    tc = s.preset.train
+    if s.stage == "controlnet" and (prior_dir is None or coarse_dir is None):
         raise AxonInputError(None, "controlnet training needs the trained prior and coarse stages: "
                                    "--prior RUN_DIR --coarse RUN_DIR")
     torch.manual_seed(tc.seed)
-    model = build_stage(stage, preset, prior_dir).to(dev)
-    coarse = load_trained_stage("coarse", coarse_dir, preset, dev) if stage == "controlnet" else None
-    params = trainable_parameters(stage, model)
-    loss_module = StageLoss(stage, model, preset, coarse)
-    if info.world > 1:
+    s.model = build_stage(s.stage, s.preset, prior_dir).to(s.dev)
+    s.coarse = load_trained_stage("coarse", coarse_dir, s.preset, s.dev) if s.stage == "controlnet" else None
+    s.params = trainable_parameters(s.stage, s.model)
+    s.loss_module = StageLoss(s.stage, s.model, s.preset, s.coarse)
+    if s.info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        loss_module = DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    ema = EMA(params, tc.ema_decay)
+        s.loss_module = DistributedDataParallel(s.loss_module,
+                                                device_ids=[s.dev.index] if s.dev.type == "cuda" else None)
+    s.opt = torch.optim.AdamW(s.params, lr=tc.lr, weight_decay=tc.weight_decay)
+    s.ema = EMA(s.params, tc.ema_decay)
 
-    state_path = out / "resume.pt"
-    start = 0
+
+def _starting_point(s: _Session, resume: bool, init_from) -> tuple[int, dict]:
+    """(first step, card of the initial weights): a resumed run's state, or weights to fine-tune
+    from; refuses to overwrite a run that is not being resumed."""
+    state_path = s.out / "resume.pt"
+    start, init_card = 0, {}
     if state_path.exists() and not resume:
-        raise AxonInputError(out, "already holds a training run; pass --resume to continue it or choose another --out")
+        raise AxonInputError(s.out, "already holds a training run; pass --resume to continue it or choose another --out")
     if resume and state_path.exists():
-        state = read_resume(state_path, dev)  # a truncated or damaged file: a message, not a traceback
-        if state["stage"] != stage or _resumable(state["preset"]) != _resumable(preset.to_dict()):
+        state = read_resume(state_path, s.dev)  # a truncated or damaged file: a message, not a traceback
+        if state["stage"] != s.stage or _resumable(state["preset"]) != _resumable(s.preset.to_dict()):
             raise AxonInputError(state_path, "was written by a different stage or config; it cannot be resumed with these")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.shadow = [s.to(dev) for s in state["ema"]]
+        s.model.load_state_dict(state["model"])
+        s.opt.load_state_dict(state["optimizer"])
+        s.ema.shadow = [t.to(s.dev) for t in state["ema"]]
         start = state["step"]
-        log(f"resuming {stage} at step {start}")
+        s.log(f"resuming {s.stage} at step {start}")
     elif init_from is not None:
         from axonct.pipeline.checkpoint import load_into
 
-        state, init_card, init_file = _initial_state(init_from, stage)
-        if stage == "controlnet":  # the frozen prior is --prior's, not the one saved beside the old ControlNet
-            state = {**state, **{k: v for k, v in model.state_dict().items() if k.startswith("prior.")}}
-        load_into(model, state, init_file)
-        ema = EMA(params, tc.ema_decay)  # the EMA starts at the loaded weights
-        log(f"{stage} starts from the weights in {init_from}")
-    if info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2))
-        run.record(out / "config.json")
+        state, init_card, init_file = _initial_state(init_from, s.stage)
+        if s.stage == "controlnet":  # the frozen prior is --prior's, not the one saved beside the old ControlNet
+            state = {**state, **{k: v for k, v in s.model.state_dict().items() if k.startswith("prior.")}}
+        load_into(s.model, state, init_file)
+        s.ema = EMA(s.params, s.preset.train.ema_decay)  # the EMA starts at the loaded weights
+        s.log(f"{s.stage} starts from the weights in {init_from}")
+    return start, init_card
 
-    trained_on = {"cases": train_ids, "steps": tc.steps, "world_size": info.world, "seed": tc.seed}
+
+def _training_record(s: _Session, cache, train_ids, start: int, init_from, init_card: dict) -> dict:
+    """What trained these weights (cases, caches, synthetic sources), merged with what a resumed
+    run or the fine-tuned weights saw before."""
+    tc = s.preset.train
+    trained_on = {"cases": train_ids, "steps": tc.steps, "world_size": s.info.world, "seed": tc.seed}
     if isinstance(cache, CacheSet):
         sources = cache.sources()
         trained_on["caches"] = [c["cache"] for c in sources]
@@ -262,63 +302,95 @@ def _train(stage, data, preset, out, resume, device, prior_dir, coarse_dir, prog
     if init_from is not None and start == 0:  # what the starting weights saw was seen by these too
         trained_on = with_initial_record(trained_on, str(init_from), init_card.get("trained_on") or {})
     if start > 0:
-        trained_on = merge_training_record(_previous_record(out, stage), trained_on)
+        trained_on = merge_training_record(_previous_record(s.out, s.stage), trained_on)
+    return trained_on
+
+
+def _step(s: _Session, step: int) -> tuple[float, float, dict]:
+    """One optimiser step on the batch and noise of (seed, step, rank); (loss, grad norm, logs).
+    A non-finite loss or gradient (a reduced-precision overflow) skips the update."""
+    tc = s.preset.train
+    s.model.train()
+    batch = _to(s.maker.batch(step, tc.batch_size, tc.seed, s.info.rank), s.dev)
+    gen = step_generator(tc.seed, step, s.info.rank, stream=2)
+    if s.coarse is not None:
+        with s.precision.autocast(s.dev):
+            batch["cond"] = coarse_condition(s.coarse, batch, tc.controlnet_cond_steps, gen).float()
+    with s.precision.autocast(s.dev):
+        loss, logs = s.loss_module(batch, gen)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, tc.grad_clip))
+    loss_value = float(loss.detach())
+    if math.isfinite(grad_norm) and math.isfinite(loss_value):
+        s.opt.step()
+        s.ema.update(s.params, step)
+    return loss_value, grad_norm, logs
+
+
+def _after_step(s: _Session, done: int, loss_value: float, grad_norm: float, logs: dict, t_last: float,
+                trained_on: dict) -> float:
+    """The main process's cadenced work after a step: the CSV log, checkpoints, validation.
+    Returns the time of the last log row."""
+    tc, out, run = s.preset.train, s.out, s.run
+    if s.info.main and (done % tc.log_every == 0 or done == tc.steps):
+        now = time.time()
+        _append_csv(out / "train_log.csv", {"step": done, "loss": loss_value, "grad_norm": grad_norm,
+                                            "lr": tc.lr, "sec_per_step": (now - t_last) / tc.log_every,
+                                            **{k: v for k, v in logs.items() if k != "loss"}})
+        run.record(out / "train_log.csv")
+        t_last = now
+    if s.info.main and (done % tc.checkpoint_every == 0 or done == tc.steps):
+        _checkpoint(out, s.stage, s.model, s.opt, s.ema, s.params, s.preset, done, trained_on)
+        run.record(out / "resume.pt", out / f"{s.stage}.safetensors", out / f"{s.stage}.json")
+        run.keep()
+    if s.info.main and (done % tc.validate_every == 0 or done == tc.steps):
+        with s.ema.applied(s.params):
+            _validate(s.stage, s.model, s.coarse, s.val_maker, s.val_ids[: tc.val_cases], s.val_label, s.preset,
+                      s.dev, out, done)
+        run.record(out / "val_log.csv")
+    return t_last
+
+
+def _loop(s: _Session, start: int, trained_on: dict, progress: bool) -> tuple[float, int]:
+    """Steps ``start`` .. steps; (last loss, skipped steps). Five non-finite steps in a row stop it."""
+    tc = s.preset.train
     bar = None
-    if progress and info.main:
+    if progress and s.info.main:
         from tqdm import tqdm
 
-        bar = tqdm(total=tc.steps, initial=start, desc=f"train {stage}", unit="step")
+        bar = tqdm(total=tc.steps, initial=start, desc=f"train {s.stage}", unit="step")
     t_last = time.time()
     loss_value = math.nan
     bad_steps = skipped = 0
     for step in range(start, tc.steps):
-        model.train()
-        batch = _to(maker.batch(step, tc.batch_size, tc.seed, info.rank), dev)
-        gen = step_generator(tc.seed, step, info.rank, stream=2)
-        if coarse is not None:
-            with precision.autocast(dev):
-                batch["cond"] = coarse_condition(coarse, batch, tc.controlnet_cond_steps, gen).float()
-        with precision.autocast(dev):
-            loss, logs = loss_module(batch, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
-        loss_value = float(loss.detach())
+        loss_value, grad_norm, logs = _step(s, step)
         if math.isfinite(grad_norm) and math.isfinite(loss_value):
-            opt.step()
-            ema.update(params, step)
             bad_steps = 0
         else:  # a reduced-precision overflow: skip this update, as AMP loss scaling does
             bad_steps += 1
             skipped += 1
-            log(f"step {step + 1}: non-finite loss or gradient ({loss_value}, {grad_norm}); update skipped")
+            s.log(f"step {step + 1}: non-finite loss or gradient ({loss_value}, {grad_norm}); update skipped")
             if bad_steps >= 5:
                 raise RuntimeError(f"5 consecutive non-finite steps at step {step + 1}; lower the learning rate, "
                                    "use --precision fp32, or check the data")
-        done = step + 1
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-        if info.main and (done % tc.log_every == 0 or done == tc.steps):
-            now = time.time()
-            _append_csv(out / "train_log.csv", {"step": done, "loss": loss_value, "grad_norm": grad_norm,
-                                                "lr": tc.lr, "sec_per_step": (now - t_last) / tc.log_every,
-                                                **{k: v for k, v in logs.items() if k != "loss"}})
-            run.record(out / "train_log.csv")
-            t_last = now
-        if info.main and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            _checkpoint(out, stage, model, opt, ema, params, preset, done, trained_on)
-            run.record(out / "resume.pt", out / f"{stage}.safetensors", out / f"{stage}.json")
-            run.keep()
-        if info.main and (done % tc.validate_every == 0 or done == tc.steps):
-            with ema.applied(params):
-                _validate(stage, model, coarse, val_maker, val_ids[: tc.val_cases], val_label, preset, dev, out, done)
-            run.record(out / "val_log.csv")
+        t_last = _after_step(s, step + 1, loss_value, grad_norm, logs, t_last, trained_on)
     if bar:
         bar.close()
-    summary = {"stage": stage, "steps": tc.steps, "final_loss": loss_value if math.isfinite(loss_value) else None, "world_size": info.world,
-               "skipped_nonfinite_steps": skipped, "device": str(dev), "precision": precision.to_dict()}
-    checksum = params_checksum(params)
+    return loss_value, skipped
+
+
+def _finish(s: _Session, loss_value: float, skipped: int) -> dict:
+    """The run's summary, with every rank's parameter checksum (they must agree), written by the
+    main process; the process group is closed."""
+    tc, info = s.preset.train, s.info
+    summary = {"stage": s.stage, "steps": tc.steps, "final_loss": loss_value if math.isfinite(loss_value) else None,
+               "world_size": info.world, "skipped_nonfinite_steps": skipped, "device": str(s.dev),
+               "precision": s.precision.to_dict()}
+    checksum = params_checksum(s.params)
     if info.world > 1:
         gathered = [None] * info.world
         dist.all_gather_object(gathered, checksum)
@@ -328,12 +400,31 @@ def _train(stage, data, preset, out, resume, device, prior_dir, coarse_dir, prog
         summary["rank_param_checksums"] = [checksum]
         summary["ranks_agree"] = True
     if info.main:
-        write_text(out / "train_summary.json", json.dumps(summary, indent=2))
-        run.record(out / "train_summary.json")
+        write_text(s.out / "train_summary.json", json.dumps(summary, indent=2))
+        s.run.record(s.out / "train_summary.json")
     if info.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _train(stage, data, preset, out, resume, device, prior_dir, coarse_dir, progress, log, init_from, run) -> dict:
+    info = init_distributed(torch.device("cuda" if device.startswith("cuda") else "cpu"))
+    dev = resolve_device(device, info)
+    _check_train_numbers(preset.train)
+    precision = runtime.resolve_precision(preset.train.precision, dev)
+    log(f"train {stage} on {dev}, precision {precision}")
+    s = _Session(stage, preset, out, run, info, dev, precision, log)
+    cache, train_ids = _open_data(s, data, resume)
+    _build_model(s, prior_dir, coarse_dir)
+    start, init_card = _starting_point(s, resume, init_from)
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.json", json.dumps(s.preset.to_dict(), indent=2))
+        run.record(out / "config.json")
+    trained_on = _training_record(s, cache, train_ids, start, init_from, init_card)
+    loss_value, skipped = _loop(s, start, trained_on, progress)
+    return _finish(s, loss_value, skipped)
 
 
 INPUT_TABLE_SAMPLES = 48
