@@ -90,13 +90,6 @@ def test_the_networks_import_no_file_reading():
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_old_preprocessing_module_keeps_its_one_importer():
-    """io.radiograph_preprocess only re-exports the window transforms for pipeline/framing.py (frozen
-    while a training run uses it); new code imports axonct.transforms."""
-    users = sorted({a for a, b, _ in import_edges() if b == "axonct.io.radiograph_preprocess"})
-    assert users in ([], ["axonct.pipeline.framing"]), users
-
-
 def test_the_layer_test_sees_a_wrong_arrow(tmp_path, monkeypatch):
     """The checker itself: an upward import planted in a copy of a module is found."""
     fake = tmp_path / "axonct"

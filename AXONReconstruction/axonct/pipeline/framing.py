@@ -30,7 +30,7 @@ import numpy as np
 
 from axonct.config import DataConfig
 from axonct.io.radiograph import Radiograph
-from axonct.io.radiograph_preprocess import frame_window, to_model_view
+from axonct.transforms.window import frame_window, to_model_view
 
 # Where the training geometry puts the lung fields, in millimetres on the isocentre plane from the
 # detector's centre: the box of `project_lung_fields` of the sample CT's lung labels in its training
