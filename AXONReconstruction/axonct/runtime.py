@@ -25,7 +25,7 @@ import torch
 
 from .atomic import write_text
 from .errors import AxonInputError
-from .options import LEGACY_PRECISION, PRECISIONS
+from .options import normalise_precision
 
 BF16_MIN_SPEEDUP = 1.3  # bf16 must beat float32 by this much on the probe to be chosen on a CPU
 PROBE_VERSION = 2
@@ -86,15 +86,6 @@ class Precision:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.reason})"
-
-
-def normalise_precision(value: str | None, option: str = "--precision") -> str:
-    """'auto' | 'bf16' | 'fp32' from user input, accepting the old --amp spellings ('off')."""
-    v = (value or "auto").strip().lower()
-    v = LEGACY_PRECISION.get(v, v)
-    if v not in PRECISIONS:
-        raise AxonInputError(None, f"{option} must be one of auto, bf16, fp32 (got {value!r})")
-    return v
 
 
 def resolve_precision(requested: str | None, device: torch.device | str, probe_cache: Path | None = None,
