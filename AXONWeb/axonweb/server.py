@@ -144,6 +144,14 @@ class AxonWebApp:
 
     # ------------------------------------------------------------------ actions (triggers)
     def _bind(self) -> None:
+        """The page's triggers and state changes, by what they touch."""
+        self._bind_inputs()
+        self._bind_jobs()
+        self._bind_views()
+        self.ctrl.on_server_exited.add(lambda **_: self.workflow.close())
+
+    def _bind_inputs(self) -> None:
+        """Choosing and clearing the radiographs and the ground-truth CT."""
         server, wf = self.server, self.workflow
 
         @server.trigger("axon_upload")
@@ -173,6 +181,10 @@ class AxonWebApp:
         @server.trigger("axon_clear")
         def clear(slot):
             self._run(wf.clear_input, slot)
+
+    def _bind_jobs(self) -> None:
+        """The sample case, Reconstruct/Cancel, Compare, Export and segmentation."""
+        server, wf = self.server, self.workflow
 
         @server.trigger("axon_sample_case")
         def sample_case():
@@ -216,6 +228,10 @@ class AxonWebApp:
         async def segment():
             await self._run_slow("Creating body, lungs and bone segments...", wf.create_segmentation)
 
+    def _bind_views(self) -> None:
+        """Window/level, volume-rendering preset, the right-hand view and the options."""
+        wf = self.workflow
+
         @self.state.change("wl_preset")
         def wl_preset(wl_preset, **_):
             if wl_preset in WINDOW_PRESETS:
@@ -244,8 +260,6 @@ class AxonWebApp:
         @self.state.change(*[f"opt_{name}" for name in OPTIONS])
         def options_changed(**_):
             wf.options.update(self._options_from_state())
-
-        self.ctrl.on_server_exited.add(lambda **_: wf.close())
 
     # ------------------------------------------------------------------ the page
     def _build_ui(self) -> None:
