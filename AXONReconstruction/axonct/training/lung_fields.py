@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from axonct.config import DataConfig
-from axonct.atomic import atomic_path, sha256_file, write_text
+from axonct.atomic import atomic_path, write_text
 from axonct.models.lung_fields import (CARD_FILE, CARD_KIND, FORMAT_VERSION, WEIGHTS_FILE, LungFieldConfig,
                                        LungFieldNet, lung_thickness_mm, parameter_count)
 from axonct.physics import xray_realism
@@ -332,42 +332,21 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int = 80, device: str = "cpu",
-                      log: Callable = print, *, val_cases: int = 8, batch_size: int = 8, lr: float = 3e-3,
-                      validate_every: int = 250, data_cfg: DataConfig | None = None,
-                      net_cfg: LungFieldConfig | None = None, generator=None,
-                      realism: RealismConfig | None = None, jitter: JitterConfig | None = None,
-                      rotation: Rotation3D | None = Rotation3D(), blank_probability: float = 0.03,
-                      extra_cts: Sequence[str | Path] = ()) -> dict:
-    """Train the lung-field net and write ``lung_fields.safetensors`` + ``lung_fields.json`` into
-    ``out_dir``; returns the card. ``pool`` synthetic chests (plus each source CT itself) are cached
-    under ``out_dir/pool``, shared evenly between the sample CT and ``extra_cts`` (training CTs of
-    other patients, labelled from HU); ``generator`` may be passed to reuse a loaded
-    SyntheticChestGenerator of the sample CT. Validation stays on held-out chests of the sample CT."""
-    from axonct.data.synthetic_anatomy import GENERATOR_VERSION, SEED_SCHEME, SyntheticChestGenerator, case_seed
-    from axonct.presets import model_preset
+REALISM_MIX = (("none", 0.15), ("default", 0.35), ("clinical", 0.50))
+"""Share of training images per realism chain: none (normalised line integrals), the default chain,
+and the clinical one (its config is the ``realism`` argument)."""
 
-    steps, pool, val_cases = int(steps), int(pool), int(val_cases)
-    if steps < 1 or pool < 0 or val_cases < 1 or batch_size < 1:
-        raise ValueError("steps, val_cases and batch_size must be >= 1 and pool >= 0")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    torch.manual_seed(int(seed))
-    data_cfg = data_cfg or (generator.config if generator is not None else model_preset("cpu").data)
-    net_cfg = net_cfg or LungFieldConfig(size=data_cfg.geometry.detector_pixels)
-    realism = realism or clinical_realism()
-    jitter = jitter or JitterConfig()
-    if generator is None:
-        generator = SyntheticChestGenerator(data_cfg)
-    elif generator.config.to_dict() != data_cfg.to_dict():
-        raise ValueError("the generator's data config differs from data_cfg")
+
+def _training_pools(generator, data_cfg: DataConfig, extra_cts, pool: int, val_cases: int, cache: Path,
+                    rotation: Rotation3D | None, log: Callable) -> dict:
+    """The training pool (each source CT's reference plus its share of ``pool`` synthetic chests,
+    concatenated) and the validation pool of held-out chests of the sample CT, with their seeds."""
+    from axonct.data.synthetic_anatomy import SyntheticChestGenerator, case_seed
 
     sources = [("", generator)] + [(f"{_stem(p)}-", SyntheticChestGenerator(data_cfg, ct_path=p)) for p in extra_cts]
     per_source = [pool // len(sources) + (k < pool % len(sources)) for k in range(len(sources))]
     train_seeds = [case_seed(TRAIN_SET_SEED, i) for i in range(max(per_source))]
     val_seeds = [case_seed(VAL_SET_SEED, i) for i in range(val_cases)]
-    cache = out_dir / "pool"
     pools = [build_pool(g, [(f"{prefix}reference", None)] + [(f"{prefix}train-{i:03d}", s) for i, s in
                                                            enumerate(train_seeds[:n])], cache, rotation, log)
              for (prefix, g), n in zip(sources, per_source)]
@@ -375,38 +354,53 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
                   "line_integrals": torch.cat([p_["line_integrals"] for p_ in pools]),
                   "thickness": torch.cat([p_["thickness"] for p_ in pools])}
     val_pool = build_pool(generator, [(f"val-{i:03d}", s) for i, s in enumerate(val_seeds)], cache, None, log)
-    vset = validation_set(val_pool, data_cfg, net_cfg.size, net_cfg.min_thickness_mm, seed, realism, jitter)
+    return {"train": train_pool, "val": val_pool, "per_source": per_source, "train_seeds": train_seeds,
+            "val_seeds": val_seeds}
 
-    dev = torch.device(device)
-    net = LungFieldNet(net_cfg)
+
+def _training_batch(train_pool: dict, gen: torch.Generator, batch_size: int, net_cfg: LungFieldConfig,
+                    mix, jitter: JitterConfig, blank_probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch: a random case and view per image under a realism chain drawn from ``mix``
+    (a few blank images with empty targets), all draws from ``gen``."""
+    n_cases, n_views = train_pool["line_integrals"].shape[:2]
+    xs, ts = [], []
+    for _ in range(batch_size):
+        if float(torch.rand((), generator=gen)) < blank_probability:
+            x, t = blank_sample(gen, net_cfg.size)
+        else:
+            i = int(torch.randint(0, n_cases, (), generator=gen))
+            v = int(torch.randint(0, n_views, (), generator=gen))
+            r, acc = float(torch.rand((), generator=gen)), 0.0
+            real = mix[-1][0]
+            for cfg_, w in mix:
+                acc += w
+                if r < acc:
+                    real = cfg_
+                    break
+            x, t = make_sample(train_pool["line_integrals"][i, v], train_pool["thickness"][i, v], gen,
+                               realism=real, jitter=jitter, min_thickness_mm=net_cfg.min_thickness_mm,
+                               size=net_cfg.size)
+        xs.append(x)
+        ts.append(t)
+    return torch.stack(xs), torch.stack(ts)
+
+
+def _optimise(net: LungFieldNet, net_cfg: LungFieldConfig, train_pool: dict, vset: dict, steps: int, seed: int,
+              dev: torch.device, *, batch_size: int, lr: float, validate_every: int, realism: RealismConfig,
+              jitter: JitterConfig, blank_probability: float, log: Callable) -> dict:
+    """AdamW with warm-up and cosine decay, gradient clipping, a smoothed loss in the log and
+    validation every ``validate_every`` steps and at the end; the net ends on the CPU in eval mode.
+    Returns the last loss, its smoothed value, the final Dice and the validation history."""
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(int(seed))
-    n_cases, n_views = train_pool["line_integrals"].shape[:2]
-    mix = ((None, 0.15), (RealismConfig(), 0.35), (realism, 0.50))
+    chains = {"none": None, "default": RealismConfig(), "clinical": realism}
+    mix = tuple((chains[name], w) for name, w in REALISM_MIX)
     history, loss_ema, t_train = [], None, time.time()
     net.to(dev)
     for step in range(steps):
-        xs, ts = [], []
-        for _ in range(batch_size):
-            if float(torch.rand((), generator=gen)) < blank_probability:
-                x, t = blank_sample(gen, net_cfg.size)
-            else:
-                i = int(torch.randint(0, n_cases, (), generator=gen))
-                v = int(torch.randint(0, n_views, (), generator=gen))
-                r, acc = float(torch.rand((), generator=gen)), 0.0
-                real = mix[-1][0]
-                for cfg_, w in mix:
-                    acc += w
-                    if r < acc:
-                        real = cfg_
-                        break
-                x, t = make_sample(train_pool["line_integrals"][i, v], train_pool["thickness"][i, v], gen,
-                                   realism=real, jitter=jitter, min_thickness_mm=net_cfg.min_thickness_mm,
-                                   size=net_cfg.size)
-            xs.append(x)
-            ts.append(t)
-        x, t = torch.stack(xs).to(dev), torch.stack(ts).to(dev)
+        x, t = _training_batch(train_pool, gen, batch_size, net_cfg, mix, jitter, blank_probability)
+        x, t = x.to(dev), t.to(dev)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr, warmup=min(50, max(1, steps // 10)))
         loss = dice_bce_loss(net(x), t)
@@ -428,66 +422,117 @@ def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int 
     res = evaluate(net, vset)
     history.append({"step": steps, "dice": res})
     log(f"lung-field validation (final): {res}")
+    return {"loss": lv, "loss_smoothed": loss_ema, "dice": res, "history": history}
+
+
+def _lung_field_card(net: LungFieldNet, net_cfg: LungFieldConfig, data_cfg: DataConfig, pools: dict, fit: dict,
+                     settings: dict, seconds: float) -> dict:
+    """The weights card: what the net reads and returns, its reference, the data rule and seeds
+    it was trained on, the training settings and the validation Dice (without sha256 and tensors,
+    which the written file adds)."""
+    from axonct.data.synthetic_anatomy import GENERATOR_VERSION, SEED_SCHEME
+
+    extra_cts, rotation, realism = settings["extra_cts"], settings["rotation"], settings["realism"]
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": CARD_KIND,
+        "config": net_cfg.to_dict(),
+        "parameters": parameter_count(net),
+        "input": "square view [S, S] in [0, 1], bright = attenuating (axonct.io.radiograph_preprocess."
+                 "to_model_view of a radiograph, or a normalised DRR); the net rank-equalises it itself",
+        "output": "logits [B, 1, S, S] of the union of both lungs' fields",
+        "reference": {
+            "definition": "axonct.models.lung_fields.project_lung_fields: detector pixels whose ray crosses "
+                          "at least min_thickness_mm of lung (union of the lung lobes of the label map), "
+                          "projected with the DRR projector on the data geometry",
+            "min_thickness_mm": net_cfg.min_thickness_mm,
+        },
+        "data": json.loads(json.dumps(data_cfg.to_dict())),
+        "trained_on": {
+            "source_ct": SOURCE_CT if not extra_cts else [SOURCE_CT, *[str(p) for p in extra_cts]],
+            "real_images": ["LIDC-IDRI-0001 (as the undeformed reference case)"] + [
+                f"{p} (undeformed, labelled from HU)" for p in extra_cts],
+            "rule": "simulated radiographs of the source CTs and of synthetic chests derived from them only",
+            "chests_per_source": pools["per_source"],
+            "generator_version": GENERATOR_VERSION,
+            "seed_scheme": SEED_SCHEME,
+            "train_set_seed": TRAIN_SET_SEED,
+            "train_seeds": [str(s) for s in pools["train_seeds"]],
+            "cases": pools["train"]["names"],
+            "rotation_3d": None if rotation is None else dataclasses.asdict(rotation),
+        },
+        "training": {
+            "steps": settings["steps"], "batch_size": settings["batch_size"], "lr": settings["lr"],
+            "optimizer": "AdamW (wd 1e-4), warm-up + cosine",
+            "loss": "BCE + soft Dice", "seed": int(settings["seed"]), "device": str(settings["device"]),
+            "final_loss": round(fit["loss"], 5), "final_loss_smoothed": round(fit["loss_smoothed"], 5),
+            "seconds": round(seconds, 1),
+            "realism_mix": dict(REALISM_MIX),
+            "clinical_realism": "RealismConfig.clinical()" if callable(getattr(RealismConfig, "clinical", None))
+            else "axonct.training.lung_fields.clinical_realism() (widened default ranges)",
+            "clinical_realism_config": json.loads(json.dumps(dataclasses.asdict(realism), default=str)),
+            "jitter": dataclasses.asdict(settings["jitter"]),
+            "blank_probability": settings["blank_probability"],
+        },
+        "validation": {
+            "set_seed": VAL_SET_SEED,
+            "seeds": [str(s) for s in pools["val_seeds"]],
+            "dice": fit["dice"],
+            "conditions": {"clean": "normalised line integrals (no realism, no jitter)",
+                           "clinical": "clinical realism chain + 2D geometric jitter (always on)"},
+            "history": fit["history"],
+        },
+    }
+
+
+def train_lung_fields(out_dir: str | Path, steps: int, seed: int = 0, pool: int = 80, device: str = "cpu",
+                      log: Callable = print, *, val_cases: int = 8, batch_size: int = 8, lr: float = 3e-3,
+                      validate_every: int = 250, data_cfg: DataConfig | None = None,
+                      net_cfg: LungFieldConfig | None = None, generator=None,
+                      realism: RealismConfig | None = None, jitter: JitterConfig | None = None,
+                      rotation: Rotation3D | None = Rotation3D(), blank_probability: float = 0.03,
+                      extra_cts: Sequence[str | Path] = ()) -> dict:
+    """Train the lung-field net and write ``lung_fields.safetensors`` + ``lung_fields.json`` into
+    ``out_dir``; returns the card. ``pool`` synthetic chests (plus each source CT itself) are cached
+    under ``out_dir/pool``, shared evenly between the sample CT and ``extra_cts`` (training CTs of
+    other patients, labelled from HU); ``generator`` may be passed to reuse a loaded
+    SyntheticChestGenerator of the sample CT. Validation stays on held-out chests of the sample CT."""
+    from axonct.data.synthetic_anatomy import SyntheticChestGenerator
+    from axonct.pipeline.checkpoint import writing_safetensors
+    from axonct.presets import model_preset
+
+    steps, pool, val_cases = int(steps), int(pool), int(val_cases)
+    if steps < 1 or pool < 0 or val_cases < 1 or batch_size < 1:
+        raise ValueError("steps, val_cases and batch_size must be >= 1 and pool >= 0")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    torch.manual_seed(int(seed))
+    data_cfg = data_cfg or (generator.config if generator is not None else model_preset("cpu").data)
+    net_cfg = net_cfg or LungFieldConfig(size=data_cfg.geometry.detector_pixels)
+    realism = realism or clinical_realism()
+    jitter = jitter or JitterConfig()
+    if generator is None:
+        generator = SyntheticChestGenerator(data_cfg)
+    elif generator.config.to_dict() != data_cfg.to_dict():
+        raise ValueError("the generator's data config differs from data_cfg")
+
+    pools = _training_pools(generator, data_cfg, extra_cts, pool, val_cases, out_dir / "pool", rotation, log)
+    vset = validation_set(pools["val"], data_cfg, net_cfg.size, net_cfg.min_thickness_mm, seed, realism, jitter)
+    net = LungFieldNet(net_cfg)
+    fit = _optimise(net, net_cfg, pools["train"], vset, steps, seed, torch.device(device), batch_size=batch_size,
+                    lr=lr, validate_every=validate_every, realism=realism, jitter=jitter,
+                    blank_probability=blank_probability, log=log)
     train_seconds = time.time() - t_start
 
-    from safetensors.torch import save_file
-
+    settings = {"extra_cts": extra_cts, "rotation": rotation, "realism": realism, "jitter": jitter, "steps": steps,
+                "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+                "blank_probability": blank_probability}
+    info = _lung_field_card(net, net_cfg, data_cfg, pools, fit, settings, train_seconds)
     weights, card = out_dir / WEIGHTS_FILE, out_dir / CARD_FILE
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"kind": CARD_KIND, "format_version": str(FORMAT_VERSION)})
-        digest = sha256_file(tmp)
-        info = {
-            "format_version": FORMAT_VERSION,
-            "kind": CARD_KIND,
-            "config": net_cfg.to_dict(),
-            "parameters": parameter_count(net),
-            "input": "square view [S, S] in [0, 1], bright = attenuating (axonct.io.radiograph_preprocess."
-                     "to_model_view of a radiograph, or a normalised DRR); the net rank-equalises it itself",
-            "output": "logits [B, 1, S, S] of the union of both lungs' fields",
-            "reference": {
-                "definition": "axonct.models.lung_fields.project_lung_fields: detector pixels whose ray crosses "
-                              "at least min_thickness_mm of lung (union of the lung lobes of the label map), "
-                              "projected with the DRR projector on the data geometry",
-                "min_thickness_mm": net_cfg.min_thickness_mm,
-            },
-            "data": json.loads(json.dumps(data_cfg.to_dict())),
-            "trained_on": {
-                "source_ct": SOURCE_CT if not extra_cts else [SOURCE_CT, *[str(p) for p in extra_cts]],
-                "real_images": ["LIDC-IDRI-0001 (as the undeformed reference case)"] + [
-                    f"{p} (undeformed, labelled from HU)" for p in extra_cts],
-                "rule": "simulated radiographs of the source CTs and of synthetic chests derived from them only",
-                "chests_per_source": per_source,
-                "generator_version": GENERATOR_VERSION,
-                "seed_scheme": SEED_SCHEME,
-                "train_set_seed": TRAIN_SET_SEED,
-                "train_seeds": [str(s) for s in train_seeds],
-                "cases": train_pool["names"],
-                "rotation_3d": None if rotation is None else dataclasses.asdict(rotation),
-            },
-            "training": {
-                "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW (wd 1e-4), warm-up + cosine",
-                "loss": "BCE + soft Dice", "seed": int(seed), "device": str(device),
-                "final_loss": round(lv, 5), "final_loss_smoothed": round(loss_ema, 5),
-                "seconds": round(train_seconds, 1),
-                "realism_mix": {"none": 0.15, "default": 0.35, "clinical": 0.50},
-                "clinical_realism": "RealismConfig.clinical()" if callable(getattr(RealismConfig, "clinical", None))
-                else "axonct.training.lung_fields.clinical_realism() (widened default ranges)",
-                "clinical_realism_config": json.loads(json.dumps(dataclasses.asdict(realism), default=str)),
-                "jitter": dataclasses.asdict(jitter),
-                "blank_probability": blank_probability,
-            },
-            "validation": {
-                "set_seed": VAL_SET_SEED,
-                "seeds": [str(s) for s in val_seeds],
-                "dice": res,
-                "conditions": {"clean": "normalised line integrals (no realism, no jitter)",
-                               "clinical": "clinical realism chain + 2D geometric jitter (always on)"},
-                "history": history,
-            },
-            "sha256": digest,
-            "tensors": {k: list(v.shape) for k, v in tensors.items()},
-        }
+    metadata = {"kind": CARD_KIND, "format_version": str(FORMAT_VERSION)}
+    with writing_safetensors(weights, net.state_dict(), metadata) as (tensors, digest):
+        info.update(sha256=digest, tensors={k: list(v.shape) for k, v in tensors.items()})
         write_text(card, json.dumps(info, indent=2))
     log(f"lung-field weights written to {weights} ({train_seconds:.0f} s in all)")
     return info
