@@ -28,6 +28,77 @@ from axonct.tools.compare import (
 )
 
 
+@dataclasses.dataclass
+class _SplitRun:
+    """One evaluation of a split: the loaded pipeline and comparison methods, the cases and how
+    their inputs are made (what `evaluate_cache` sets up once and runs per case)."""
+
+    pipeline: object  # AxonPipeline
+    cache: object  # CTCache
+    ids: list[str]
+    maker: object  # BatchMaker of the evaluated cases
+    atlas: np.ndarray | None
+    baseline: object | None  # the X2CT-style CNN, if trained
+    variants: list  # (name, ReconstructOptions)
+    lateral: bool
+    template: bool
+    seed: int
+    progress: object
+
+    def predictions(self, n: int, case: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(ground truth, view mask, method -> volume on the final grid) of the ``n``-th case."""
+        from axonct.pipeline.framing import model_view_radiographs
+        from axonct.pipeline.reconstruction import to_final_grid
+
+        preset = self.pipeline.preset
+        gen = torch.Generator().manual_seed(self.seed + n)
+        item = self.maker.sample(case, gen)
+        gt = self.cache.load(case)[0].astype(np.float32)
+        v = item["views"].numpy()
+        mask = np.array([1.0, 1.0 if self.lateral else 0.0], np.float32)
+        preds = {}
+        if self.atlas is not None:
+            preds["mean-CT atlas"] = self.atlas
+        elif len(self.ids) > 1:  # leave-one-out: never the case itself
+            preds["mean-CT atlas"] = np.mean([self.cache.load(c)[0] for c in self.ids if c != case], axis=0)
+        if self.baseline is not None:
+            preds["X2CT-style CNN"] = self.baseline.predict_final(v, mask)
+        if self.template:
+            from axonct.guidance.template_fit import fit_template
+
+            preds["template fit"] = fit_template(v, mask, preset.data, seed=self.seed + n).unit
+        frontal, lateral_view = model_view_radiographs(v, mask, preset.data)
+        for name, options in self.variants:
+            rec = self.pipeline(frontal, lateral_view, dataclasses.replace(options, seed=self.seed + n),
+                                progress=self.progress).reconstruction
+            for cut, label in (("coarse", "stage I"), ("fine", "stages I+II")):
+                t = torch.from_numpy(rec.cuts[cut])[None, None]
+                preds[f"{name}, {label}"] = to_final_grid(t, preset.data.grid.size)[0, 0].numpy()
+            preds[f"{name}, stages I+II+III"] = rec.mean
+        return gt, mask, preds
+
+
+def _variants(steps, fine_strength, consistency_strength: float, ablation: bool) -> list:
+    """(name, options) of the pipeline runs: what `axon reconstruct` runs, and with ``ablation``
+    also without reprojection consistency."""
+    from axonct.options import ReconstructOptions
+
+    default = ReconstructOptions(steps=steps, fine_strength=fine_strength,  # what `axon reconstruct` runs
+                                 consistency_strength=consistency_strength, consistency=consistency_strength > 0)
+    variants = [("AXON + consistency" if default.consistency else "AXON", default)]
+    if ablation:
+        variants = [("AXON (no consistency)", dataclasses.replace(default, consistency=False))] + \
+                   ([("AXON + consistency", default)] if default.consistency else [])
+    return variants
+
+
+def _case_rows(case: str, seen: str, gt: np.ndarray, mask: np.ndarray, preds: dict, data) -> list[dict]:
+    """One row per method: the volume metrics and the DRR residuals on the input and oblique views."""
+    gt_drrs = render_for_residuals(gt, data, residual_views(data, mask))
+    return [{"case": case, "method": method, "case_is": seen, **flat_metrics(compare(pred, gt, data.grid)),
+             **drr_residuals(pred, gt, data, mask, gt_drrs)} for method, pred in preds.items()]
+
+
 def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str | Path, steps: int | None = None,
                    seed: int = 0, views: str = "realistic", device: str = "cpu", lateral: bool = True,
                    progress=None, consistency_strength: float = 1.0, ablation: bool = True,
@@ -38,9 +109,7 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     each cut after every stage. Columns: PSNR/SSIM in both conventions, MAE, and the DRR residuals
     on the input views and on a held-out oblique view. Writes cases.csv, summary.json and montages."""
     from axonct.data.datasets import Augmentation, BatchMaker, CTCache
-    from axonct.options import ReconstructOptions
-    from axonct.pipeline.framing import model_view_radiographs
-    from axonct.pipeline.reconstruction import AxonPipeline, to_final_grid
+    from axonct.pipeline.reconstruction import AxonPipeline
     from axonct.physics.xray_realism import RealismConfig
 
     from axonct.runtime import resolve_device
@@ -63,56 +132,24 @@ def evaluate_cache(data: str | Path, split: str, weights: str | Path, out: str |
     maker = BatchMaker(cache, ids, preset.sr.factor, aug)
     atlas, atlas_source = training_atlas(cache, ids, pipeline.cards["coarse"].get("trained_on", {}), preset.data)
     baseline = _load_baseline(weights, preset, device)
-    grid = preset.data.grid
     out = Path(out)
     outputs = Outputs("evaluate", overwrite=overwrite)  # checked before any compute, committed together
     outputs.folder(out)
     for name in ["cases.csv", "summary.json", "summary.md"] + [f"montages/{case}.png" for case in ids]:
         outputs.file(out / name)
     outputs.check(len(ids) * (2 << 20) + (1 << 20))
-    default = ReconstructOptions(steps=steps, fine_strength=fine_strength,  # what `axon reconstruct` runs
-                                 consistency_strength=consistency_strength, consistency=consistency_strength > 0)
-    variants = [("AXON + consistency" if default.consistency else "AXON", default)]
-    if ablation:
-        variants = [("AXON (no consistency)", dataclasses.replace(default, consistency=False))] + \
-                   ([("AXON + consistency", default)] if default.consistency else [])
+    run = _SplitRun(pipeline, cache, ids, maker, atlas, baseline,
+                    _variants(steps, fine_strength, consistency_strength, ablation), lateral, template, seed, progress)
     rows = []
     for n, case in enumerate(ids):
-        gen = torch.Generator().manual_seed(seed + n)
-        item = maker.sample(case, gen)
-        gt = cache.load(case)[0].astype(np.float32)
-        v = item["views"].numpy()
-        mask = np.array([1.0, 1.0 if lateral else 0.0], np.float32)
-        preds = {}
-        if atlas is not None:
-            preds["mean-CT atlas"] = atlas
-        elif len(ids) > 1:  # leave-one-out: never the case itself
-            preds["mean-CT atlas"] = np.mean([cache.load(c)[0] for c in ids if c != case], axis=0)
-        if baseline is not None:
-            preds["X2CT-style CNN"] = baseline.predict_final(v, mask)
-        if template:
-            from axonct.guidance.template_fit import fit_template
-
-            preds["template fit"] = fit_template(v, mask, preset.data, seed=seed + n).unit
-        frontal, lateral_view = model_view_radiographs(v, mask, preset.data)
-        for name, options in variants:
-            rec = pipeline(frontal, lateral_view, dataclasses.replace(options, seed=seed + n),
-                           progress=progress).reconstruction
-            for cut, label in (("coarse", "stage I"), ("fine", "stages I+II")):
-                t = torch.from_numpy(rec.cuts[cut])[None, None]
-                preds[f"{name}, {label}"] = to_final_grid(t, grid.size)[0, 0].numpy()
-            preds[f"{name}, stages I+II+III"] = rec.mean
+        gt, mask, preds = run.predictions(n, case)
         if case in train_ids:
             seen = "seen in training"
         elif synthetic_from:
             seen = f"held out (synthetic chest made from {synthetic_from})"
         else:
             seen = "held out"
-        gt_drrs = render_for_residuals(gt, preset.data, residual_views(preset.data, mask))
-        for method, pred in preds.items():
-            m = flat_metrics(compare(pred, gt, grid))
-            rows.append({"case": case, "method": method, "case_is": seen, **m,
-                         **drr_residuals(pred, gt, preset.data, mask, gt_drrs)})
+        rows += _case_rows(case, seen, gt, mask, preds, preset.data)
         finals = [k for k in preds if k.endswith("stages I+II+III")]
         save_comparison_montage(gt, {k: preds[k] for k in finals + [k for k in preds if k == "mean-CT atlas"]},
                                 outputs.path(out / "montages" / f"{case}.png"))  # staged (cli.main discards on failure)
