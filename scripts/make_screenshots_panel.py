@@ -53,11 +53,19 @@ def standInClasses():
 
 
 def _makeStandIns():
+    """The stand-ins, one factory each (the classes keep Slicer's names: the loader matches by name)."""
     QtCore, QtGui, QtWidgets = _qt()
-    Property = QtCore.Property
 
     class qMRMLWidget(QtWidgets.QWidget):
         pass
+
+    return [qMRMLWidget, _collapsibleButtonClass(), _nodeComboBoxClass(), _pathLineEditClass()]
+
+
+def _collapsibleButtonClass():
+    """ctkCollapsibleButton: a header button with an arrow over contents that hide when collapsed."""
+    QtCore, QtGui, QtWidgets = _qt()
+    Property = QtCore.Property
 
     class ctkCollapsibleButton(QtWidgets.QWidget):
         """A full-width push-button header with an arrow; the contents hide when collapsed."""
@@ -121,6 +129,14 @@ def _makeStandIns():
                 painter.setPen(self.palette().color(QtGui.QPalette.Mid))
                 painter.drawRect(QtCore.QRect(0, self.HEADER, self.width() - 1, self.height() - self.HEADER - 1))
 
+    return ctkCollapsibleButton
+
+
+def _nodeComboBoxClass():
+    """qMRMLNodeComboBox: a combo box showing one node name, elided like Slicer's selector."""
+    QtCore, QtGui, QtWidgets = _qt()
+    Property = QtCore.Property
+
     class qMRMLNodeComboBox(QtWidgets.QComboBox):
         """A node selector showing one node name (or its 'none' text)."""
 
@@ -139,6 +155,14 @@ def _makeStandIns():
             # like Slicer's selector: long names are elided instead of widening the panel
             self.setSizeAdjustPolicy(QtWidgets.QComboBox.AdjustToMinimumContentsLengthWithIcon)
             self.setMinimumContentsLength(12)
+
+    return qMRMLNodeComboBox
+
+
+def _pathLineEditClass():
+    """ctkPathLineEdit: a line edit with a browse button, its text as the currentPath property."""
+    QtCore, QtGui, QtWidgets = _qt()
+    Property = QtCore.Property
 
     class ctkPathLineEdit(QtWidgets.QWidget):
         """A path line edit with the browse button ctkPathLineEdit has."""
@@ -162,7 +186,7 @@ def _makeStandIns():
 
         currentPath = Property(str, _get_current_path, _set_current_path)
 
-    return [qMRMLWidget, ctkCollapsibleButton, qMRMLNodeComboBox, ctkPathLineEdit]
+    return ctkPathLineEdit
 
 
 def application():
