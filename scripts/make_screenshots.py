@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     state = json.loads(json.dumps(make_screenshots_panel.EXAMPLE_STATE))
     state["combos"]["outputSelector"] = recon_name
     seconds = float(metrics.get("seconds", {}).get("total", 0.0))
-    state["status"] = (f"Done in {module_logic._duration(seconds)}: '{recon_name}'. Research use only.")
+    state["status"] = (f"Done in {module_logic.duration(seconds)}: '{recon_name}'. Research use only.")
     state["compare"] = module_logic.ReconstructionLogic.metricsText(metrics) + (
         f"\nDifference volume: '{recon_name} minus ground truth (HU)'.")
     panel_path = args.out / "AXONReconstruction-panel.png"  # every section open

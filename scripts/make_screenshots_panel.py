@@ -204,8 +204,10 @@ def application():
     return app
 
 
-def loadPanel(ui_file: Path = UI_FILE):
-    """(QApplication, the panel widget built from the .ui with the stand-ins)."""
+def loadPanel(ui_file: Path = UI_FILE, optionSpecs: bool = False):
+    """(QApplication, the panel widget built from the .ui with the stand-ins). ``optionSpecs``: give
+    the option widgets the engine's ranges and defaults as the module's setup does (the screenshots
+    need them; the module's own tests leave that to the module)."""
     QtCore, QtGui, QtWidgets = _qt()
     from PySide6.QtUiTools import QUiLoader
 
@@ -225,6 +227,10 @@ def loadPanel(ui_file: Path = UI_FILE):
     for section in widget.findChildren(QtWidgets.QWidget):
         if hasattr(section, "applyCollapsed"):
             section.applyCollapsed()
+    if optionSpecs:
+        from AXONReconstructionLib.panel import applyOptionSpecs
+
+        applyOptionSpecs(widget.findChildren(QtWidgets.QWidget))
     return app, widget
 
 
@@ -261,7 +267,7 @@ def renderPanel(path: Path, width: int = 420, state: dict = EXAMPLE_STATE, title
                 expand=None):
     """Render the panel (with a module-selector-like title bar) to a PNG; returns the QImage."""
     QtCore, QtGui, QtWidgets = _qt()
-    app, panel = loadPanel()
+    app, panel = loadPanel(optionSpecs=True)
     fillExampleState(panel, state, expand)
     frame = QtWidgets.QWidget()
     layout = QtWidgets.QVBoxLayout(frame)

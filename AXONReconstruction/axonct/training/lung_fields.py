@@ -14,7 +14,7 @@ One training sample:
 3. a large 2D geometric jitter applied identically to both (zoom 0.55-1.3: children to large adults,
    framed or cut by the detector; shifts up to 15 %; rotation up to 8 degrees; air outside);
 4. the X-ray realism chain (a mix of none, the default and the strongest clinical processing), an
-   optional padding band like :func:`~axonct.io.radiograph_preprocess.to_model_view` leaves beside a
+   optional padding band like :func:`~axonct.transforms.window.to_model_view` leaves beside a
    non-square radiograph, and a few blank/noise images whose target is empty;
 5. the target: the jittered path length >= ``min_thickness_mm`` (:func:`project_lung_fields`).
 
@@ -39,8 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from axonct.config import DataConfig
 from axonct.atomic import atomic_path, write_text
+from axonct.config import DataConfig
+from axonct.metrics import dice
 from axonct.models.lung_fields import (CARD_FILE, CARD_KIND, FORMAT_VERSION, WEIGHTS_FILE, LungFieldConfig,
                                        LungFieldNet, lung_thickness_mm, parameter_count)
 from axonct.physics import xray_realism
@@ -288,11 +289,6 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1.0 - dice)
 
 
-def _dice_np(pred: np.ndarray, target: np.ndarray) -> float:
-    inter, total = float((pred & target).sum()), float(pred.sum() + target.sum())
-    return 1.0 if total == 0 else 2.0 * inter / total
-
-
 def validation_set(pool: dict, data_cfg: DataConfig, size: int, min_thickness_mm: float, seed: int,
                    realism: RealismConfig, jitter: JitterConfig) -> dict:
     """Fixed validation images: per condition ("clean", "clinical") and view, images and targets."""
@@ -319,7 +315,7 @@ def evaluate(net: LungFieldNet, vset: dict) -> dict:
     res: dict = {}
     for (cond, view), (x, t) in vset.items():
         p = torch.cat([net(x[i:i + 8]) for i in range(0, x.shape[0], 8)]) >= 0.0
-        d = [_dice_np(p[i, 0].numpy(), t[i, 0].numpy() > 0.5) for i in range(x.shape[0])]
+        d = [dice(p[i, 0].numpy(), t[i, 0].numpy() > 0.5) for i in range(x.shape[0])]
         res.setdefault(cond, {})[view] = round(float(np.mean(d)), 4)
     net.train(was)
     return res
@@ -438,7 +434,7 @@ def _lung_field_card(net: LungFieldNet, net_cfg: LungFieldConfig, data_cfg: Data
         "kind": CARD_KIND,
         "config": net_cfg.to_dict(),
         "parameters": parameter_count(net),
-        "input": "square view [S, S] in [0, 1], bright = attenuating (axonct.io.radiograph_preprocess."
+        "input": "square view [S, S] in [0, 1], bright = attenuating (axonct.transforms.window."
                  "to_model_view of a radiograph, or a normalised DRR); the net rank-equalises it itself",
         "output": "logits [B, 1, S, S] of the union of both lungs' fields",
         "reference": {
