@@ -11,13 +11,7 @@ cd "$(dirname "$0")/.."
 job="${1:-app}"; shift || true
 t_start=$SECONDS
 
-python_bin="${PYTHON:-}"
-if [ -z "$python_bin" ]; then
-  for candidate in python3.11 python3.12 python3; do
-    if command -v "$candidate" >/dev/null 2>&1; then python_bin="$candidate"; break; fi
-  done
-fi
-[ -n "$python_bin" ] || { echo "app.sh: no python3 found (need Python 3.11 or 3.12)" >&2; exit 1; }
+. scripts/python_bin.sh
 
 need_debian() {  # need_debian PACKAGE...: install what is missing, or say how
   local missing=()

@@ -9,13 +9,7 @@ cd "$(dirname "$0")/.."
 job="${1:-demo}"; shift || true
 case "$job" in app|app-test|app-screenshots) exec bash scripts/app.sh "$job" "$@" ;; esac
 
-python_bin="${PYTHON:-}"
-if [ -z "$python_bin" ]; then
-  for candidate in python3.11 python3.12 python3; do
-    if command -v "$candidate" >/dev/null 2>&1; then python_bin="$candidate"; break; fi
-  done
-fi
-[ -n "$python_bin" ] || { echo "run.sh: no python3 found (need Python 3.11 or 3.12)" >&2; exit 1; }
+. scripts/python_bin.sh
 
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $python_bin"
