@@ -528,3 +528,26 @@ def test_cli_glue(real_ct_path, labels_path, tmp_path, one_thread):
     assert rc == 0 and png.exists()
     man = json.loads((out / "manifest.json").read_text())
     assert man["synthetic"]["set_seed"] == 3 and man["cases"][0]["case_seed"] == case_seed(3, 0)
+
+
+def test_anatomy_file_changes_ranges_and_bad_files_are_refused_by_name(tmp_path):
+    from axonct.app.synth_command import anatomy_from_file
+
+    good = tmp_path / "flat.json"
+    good.write_text(json.dumps({"scale_ap": [0.72, 1.0], "fov_probability": 0.3, "diaphragm_mm": 5}))
+    anatomy = anatomy_from_file(good)
+    assert anatomy.scale_ap == (0.72, 1.0) and anatomy.fov_probability == 0.3 and anatomy.diaphragm_mm == 5.0
+    assert anatomy.scale_lr == AnatomyConfig().scale_lr  # the rest keeps its defaults
+    bad = tmp_path / "bad.json"
+    for content, message in (("{", "not a readable JSON"), ("[1, 2]", "JSON object"),
+                             ('{"scale_depth": [1, 2]}', "unknown anatomy fields: scale_depth"),
+                             ('{"scale_ap": 0.8}', "scale_ap: must be a list of 2 numbers"),
+                             ('{"scale_ap": [1.0, 0.7]}', "low end first"),
+                             ('{"scale_ap": [0.7, NaN]}', "finite numbers"),
+                             ('{"fov_probability": 1.5}', "within \\[0, 1\\]")):
+        bad.write_text(content)
+        with pytest.raises(AxonInputError, match=message) as err:
+            run_synth(_args(["--out", str(tmp_path / "never"), "--count", "1", "--preset", "tiny",
+                             "--anatomy", str(bad)]))
+        assert err.value.path == str(bad)
+    assert not (tmp_path / "never").exists()

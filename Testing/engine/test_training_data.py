@@ -258,3 +258,27 @@ def test_ct_sources_are_only_for_the_lung_field_stage(tiny_cache, tmp_path, real
                         "--ct", str(real_ct_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "--ct is for the lung-fields stage" in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_each_patient_is_drawn_equally_often_whatever_its_volume_count(two_caches, tmp_path):
+    """Breathing phases of one 4D CT are one patient: 7 volumes of patient A and 1 of patient B in
+    one cache give each patient half of the draws, alone and inside a set of caches."""
+    import json
+    import shutil
+
+    from axonct.data.datasets import Augmentation, BatchMaker, open_caches
+
+    cache = tmp_path / "phases"
+    shutil.copytree(two_caches[1], cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for i, case in enumerate(manifest["cases"]):
+        case["patient_id"] = "B" if i == 0 else "A"
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    lone_b = manifest["cases"][0]["case_id"]
+    for caches, key in ((open_caches(cache), lone_b), (open_caches([two_caches[0], cache]), f"phases/{lone_b}")):
+        ids = caches.case_ids("all")
+        maker = BatchMaker(caches, ids, 2, Augmentation.none())
+        picks = [k for step in range(150) for k in maker.batch(step, 2, seed=0)["case_ids"]]
+        from_cache = [k for k in picks if not k.startswith("small/")]
+        share = sum(k == key for k in from_cache) / len(from_cache)
+        assert 0.38 < share < 0.62, share  # 1 of 8 volumes, half of the cache's draws

@@ -28,6 +28,9 @@ def add_synth_arguments(parser) -> None:
     parser.add_argument("--fov-probability", type=float, default=None, help="chance of a circular FOV cut")
     parser.add_argument("--z-extent-probability", type=float, default=None,
                         help="chance of a scan limited to the lungs plus a margin")
+    parser.add_argument("--anatomy", default=None, metavar="JSON",
+                        help="a JSON object of anatomy ranges to change (names and defaults: "
+                             "data/synthetic_anatomy.AnatomyConfig), e.g. {\"scale_ap\": [0.75, 1.05]}")
     parser.add_argument("--gallery", default=None,
                         help="also write a gallery of the first cases (.png or .jpg; never over a file AXON did "
                              "not write)")
@@ -47,7 +50,7 @@ def run_synth(args) -> int:
         cfg = data_preset(args.preset)
     except ValueError as exc:
         raise AxonInputError(None, str(exc)) from None
-    anatomy = AnatomyConfig()
+    anatomy = anatomy_from_file(args.anatomy) if args.anatomy else AnatomyConfig()
     for name in ("fov_probability", "z_extent_probability"):
         v = getattr(args, name, None)
         if v is not None:
@@ -69,6 +72,45 @@ def run_synth(args) -> int:
             save_gallery(args.out, gallery.path(args.gallery), n=args.gallery_count)
         print(f"gallery: {args.gallery}")
     return 0
+
+
+def anatomy_from_file(path):
+    """The generator's anatomy with the ranges a JSON file changes; a wrong name, shape or value is
+    refused naming the file and the field, before any chest is made."""
+    import dataclasses
+    import json
+    import math
+
+    from axonct.data.synthetic_anatomy import AnatomyConfig
+    from axonct.errors import AxonInputError
+
+    try:
+        changes = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AxonInputError(path, f"is not a readable JSON file: {exc}") from None
+    if not isinstance(changes, dict):
+        raise AxonInputError(path, "must hold a JSON object of anatomy field names")
+    defaults = AnatomyConfig()
+    fields = {f.name for f in dataclasses.fields(AnatomyConfig)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise AxonInputError(path, f"names unknown anatomy fields: {', '.join(unknown)}")
+    values = {}
+    for name, value in changes.items():
+        default = getattr(defaults, name)
+        numbers = list(value) if isinstance(value, list) else [value]
+        if isinstance(default, tuple) != isinstance(value, list) or (
+                isinstance(default, tuple) and len(numbers) != len(default)):
+            shape = f"a list of {len(default)} numbers" if isinstance(default, tuple) else "a number"
+            raise AxonInputError(path, f"{name}: must be {shape} like its default {json.dumps(default)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise AxonInputError(path, f"{name}: must hold finite numbers, not {value!r}")
+        if isinstance(default, tuple) and len(numbers) == 2 and numbers[0] > numbers[1]:
+            raise AxonInputError(path, f"{name}: a range needs its low end first ({numbers[0]} > {numbers[1]})")
+        if name.endswith("probability") and not 0.0 <= numbers[0] <= 1.0:
+            raise AxonInputError(path, f"{name}: must be within [0, 1]")
+        values[name] = tuple(float(v) for v in numbers) if isinstance(default, tuple) else type(default)(value)
+    return dataclasses.replace(defaults, **values)
 
 
 def _plan_gallery(args):

@@ -53,6 +53,17 @@ class CTCache:
             return list(self.all_ids)
         return list(self.splits.get(split, []))
 
+    def weights(self, case_ids: list[str]) -> list[float]:
+        """Sampling weights that give every patient in ``case_ids`` the same share: the 11 breathing
+        phases of one 4D CT are one patient, and drawing them per volume would make that patient's
+        chest the model's prior (cases without a recorded patient count as their own)."""
+        patient = {c["case_id"]: c.get("patient_id") or c["case_id"] for c in self.manifest["cases"]}
+        owners = [patient.get(i, i) for i in case_ids]
+        counts: dict[str, int] = {}
+        for o in owners:
+            counts[o] = counts.get(o, 0) + 1
+        return [1.0 / (len(counts) * counts[o]) for o in owners]
+
     def load(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         if case_id in self._memo:
             self._memo.move_to_end(case_id)
@@ -95,11 +106,14 @@ class CacheSet:
         return self._by_name[name].load(case_id)
 
     def weights(self, keys: list[str]) -> list[float]:
-        """Sampling weights that give every cache present in ``keys`` the same share."""
-        counts: dict[str, int] = {}
+        """Sampling weights that give every cache present in ``keys`` the same share, and inside a
+        cache every patient the same share (`CTCache.weights`)."""
+        by_cache: dict[str, list[str]] = {}
         for k in keys:
-            counts[k.split("/", 1)[0]] = counts.get(k.split("/", 1)[0], 0) + 1
-        return [1.0 / (len(counts) * counts[k.split("/", 1)[0]]) for k in keys]
+            name, case_id = k.split("/", 1)
+            by_cache.setdefault(name, []).append(case_id)
+        inner = {name: dict(zip(ids, self._by_name[name].weights(ids))) for name, ids in by_cache.items()}
+        return [inner[k.split("/", 1)[0]][k.split("/", 1)[1]] / len(by_cache) for k in keys]
 
     def sources(self) -> list[dict]:
         """Per cache: its folder and, for a synthetic cache, the CT its chests were made from."""
@@ -155,7 +169,9 @@ class BatchMaker:
             raise AxonInputError(cache.root, "has no cases in the requested split")
         self.cache, self.ids, self.factor, self.aug = cache, case_ids, sr_factor, aug
         self.cfg = cache.config
-        self._weights = torch.tensor(cache.weights(case_ids)) if isinstance(cache, CacheSet) else None
+        weights = cache.weights(case_ids)
+        uniform = max(weights) == min(weights) and not isinstance(cache, CacheSet)
+        self._weights = None if uniform else torch.tensor(weights)  # uniform: the draws of earlier runs
 
     def sample(self, case_id: str, gen: torch.Generator) -> dict:
         ct, drr = self.cache.load(case_id)
