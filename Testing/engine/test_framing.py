@@ -30,18 +30,23 @@ def _bundled_geometry():
 DATA = _bundled_geometry()
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """The sample CT in its training pose: a realistic frontal DRR and its exact lung fields."""
+def _reference(data):
+    """The sample CT in its training pose in ``data``'s geometry: realistic DRRs and their exact lung fields."""
     from axonct.data.synthetic_anatomy import SyntheticChestGenerator
 
-    gen = SyntheticChestGenerator(DATA)
+    gen = SyntheticChestGenerator(data)
     chest = gen.reference()
     lungs = np.isin(chest.labels, [i for n, (i, _) in gen.structures.items() if n.startswith("lung_")])
     with torch.no_grad():
-        drr = drr_from_unit_volume(torch.from_numpy(chest.unit), DATA.grid, DATA.geometry, DATA.views)
+        drr = drr_from_unit_volume(torch.from_numpy(chest.unit), data.grid, data.geometry, data.views)
     image = simulate_radiograph(drr, RealismConfig.mild(), seed=0).numpy()
-    return image, np.asarray(project_lung_fields(lungs, DATA))
+    return image, np.asarray(project_lung_fields(lungs, data))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The sample CT in its training pose in the shipped weights' geometry."""
+    return _reference(DATA)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +70,18 @@ def _place(view: np.ndarray, scale: float, top: float, left: float, shape: tuple
     return out[0, 0].numpy()
 
 
-def test_training_frame_constants_match_the_sample_ct(reference):
-    _, fields = reference
-    frame = fr.training_frame(DATA, fields.shape[-1])
+@pytest.mark.parametrize("preset", ["cpu", "cpu-wide"])
+def test_training_frame_constants_match_the_sample_ct(preset):
+    """Each geometry's training box is where the sample CT's lungs project in it (the two presets
+    cover every measured geometry)."""
+    from axonct.config import data_preset
+
+    data = data_preset(preset)
+    keys = {(d.geometry.source_to_isocenter_mm, d.geometry.source_to_detector_mm)
+            for d in map(data_preset, ("cpu", "cpu-wide"))}
+    assert keys == set(fr.TRAINING_BOXES)
+    _, fields = _reference(data)
+    frame = fr.training_frame(data, fields.shape[-1])
     px = 2.0  # pixels
     top, left, bottom, right = fr.lung_bbox(fields[0].astype(np.float32))
     assert right - left == pytest.approx(frame.frontal_width, abs=px)
@@ -76,7 +90,7 @@ def test_training_frame_constants_match_the_sample_ct(reference):
     top_l, left, bottom_l, right = fr.lung_bbox(fields[1].astype(np.float32))
     assert (left + right) / 2 == pytest.approx(frame.lateral_center_col, abs=1.5)
     assert bottom_l == pytest.approx(frame.lateral_bottom_row, abs=px)
-    assert (bottom_l - top_l) / (bottom - top) == pytest.approx(fr.LATERAL_HEIGHT_RATIO, abs=0.03)
+    assert (bottom_l - top_l) / (bottom - top) == pytest.approx(frame.lateral_height_ratio, abs=0.01)
 
 
 @pytest.mark.parametrize("scale,top,left", [(2.5, 40.0, 10.0), (1.6, -5.0, 70.0)])

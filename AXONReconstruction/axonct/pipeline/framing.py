@@ -32,19 +32,38 @@ from axonct.config import DataConfig
 from axonct.io.radiograph import Radiograph
 from axonct.transforms.window import frame_window, to_model_view
 
-# Where the training geometry puts the lung fields, in millimetres on the isocentre plane from the
-# detector's centre: the box of `project_lung_fields` of the sample CT's lung labels in its training
-# pose (Testing checks these against the sample CT in the shipped weights' geometry). Frontal: width,
-# centre (towards the patient's left) and lowest edge (domes and costophrenic angles). Lateral: centre
-# and lowest edge (the posterior recesses reach lower than the frontal domes). `training_frame`
-# turns them into pixels of a geometry's detector.
-TRAINING_FRONTAL_WIDTH_MM = 260.5
-TRAINING_FRONTAL_CENTER_MM = 1.1
-TRAINING_FRONTAL_BOTTOM_MM = 118.0
-TRAINING_LATERAL_CENTER_MM = 0.0
-TRAINING_LATERAL_BOTTOM_MM = 131.4
+@dataclass(frozen=True)
+class TrainingBox:
+    """Where a training geometry puts the lung fields, in millimetres on the isocentre plane from the
+    detector's centre: the box of `project_lung_fields` of the sample CT's lung labels in its training
+    pose (Testing checks each against the sample CT in its geometry). Frontal: width, centre (towards
+    the patient's left) and lowest edge (domes and costophrenic angles). Lateral: centre and lowest
+    edge (the posterior recesses reach lower than the frontal domes), and its lung-field height over
+    the frontal's. The box moves with the geometry: with a nearer source the rays diverge more, and
+    the lungs in front of the isocentre project larger."""
+
+    frontal_width_mm: float
+    frontal_center_mm: float
+    frontal_bottom_mm: float
+    lateral_center_mm: float
+    lateral_bottom_mm: float
+    lateral_height_ratio: float
+
+
+TRAINING_BOXES = {
+    # (source to isocentre, source to detector) in mm -> the box
+    (541.0, 949.0): TrainingBox(260.5, 1.1, 118.0, 0.0, 131.4, 1.051),  # X2CT's geometry (tiny, cpu, paper)
+    (1650.0, 1800.0): TrainingBox(250.7, 0.0, 103.8, 1.8, 114.6, 1.028),  # chest-room (`config.CHEST_ROOM`)
+}
 TRAINING_FRAME_PIXELS = 128  # the lung-field network reads views of this side
-LATERAL_HEIGHT_RATIO = 123.0 / 117.0  # lateral / frontal lung-field height of one chest (recesses reach lower)
+
+
+def training_box(data: DataConfig) -> TrainingBox:
+    """The box of the geometry a weights folder trained in; for a geometry not measured here, that of
+    the nearest source distance (the box changes by a few per cent between 54 and 165 cm)."""
+    g = data.geometry
+    key = min(TRAINING_BOXES, key=lambda k: abs(k[0] - g.source_to_isocenter_mm) + abs(k[1] - g.source_to_detector_mm))
+    return TRAINING_BOXES[key]
 
 
 @dataclass(frozen=True)
@@ -57,15 +76,16 @@ class TrainingFrame:
     frontal_bottom_row: float
     lateral_center_col: float
     lateral_bottom_row: float
+    lateral_height_ratio: float
 
 
 def training_frame(data: DataConfig, pixels: int = TRAINING_FRAME_PIXELS) -> TrainingFrame:
-    g = data.geometry
+    g, box = data.geometry, training_box(data)
     mm = g.detector_size_mm / pixels / g.magnification  # isocentre mm per view pixel
     half = pixels / 2
-    return TrainingFrame(pixels, TRAINING_FRONTAL_WIDTH_MM / mm, half + TRAINING_FRONTAL_CENTER_MM / mm,
-                         half + TRAINING_FRONTAL_BOTTOM_MM / mm, half + TRAINING_LATERAL_CENTER_MM / mm,
-                         half + TRAINING_LATERAL_BOTTOM_MM / mm)
+    return TrainingFrame(pixels, box.frontal_width_mm / mm, half + box.frontal_center_mm / mm,
+                         half + box.frontal_bottom_mm / mm, half + box.lateral_center_mm / mm,
+                         half + box.lateral_bottom_mm / mm, box.lateral_height_ratio)
 
 
 PATIENT_PLANE_SOURCES = ("PixelSpacing", "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
@@ -116,8 +136,8 @@ class Framing:
 
 
 def training_lung_width_mm(data: DataConfig) -> float:
-    """The training CT's frontal lung-field width at the isocentre plane."""
-    return TRAINING_FRONTAL_WIDTH_MM
+    """The training CT's frontal lung-field width at the isocentre plane of ``data``'s geometry."""
+    return training_box(data).frontal_width_mm
 
 
 def age_width_fraction(age_years: float) -> float:
@@ -268,7 +288,7 @@ def _frame_from_bbox(box, frame: TrainingFrame, hint=None) -> tuple[tuple[float,
         center_col = (left + right) / 2 + (half - frame.frontal_center_col) * scale
         center_row = bottom + (half - frame.frontal_bottom_row) * scale
     else:
-        scale = (bottom - top) / (hint * LATERAL_HEIGHT_RATIO)
+        scale = (bottom - top) / (hint * frame.lateral_height_ratio)
         center_col = (left + right) / 2 + (half - frame.lateral_center_col) * scale
         center_row = bottom + (half - frame.lateral_bottom_row) * scale
     return (center_row, center_col), scale
