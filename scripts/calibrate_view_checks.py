@@ -8,7 +8,13 @@ CT and `DATA/ct/train`), in the geometry of the weights' own card, and prints fo
 often it fires on the right input and on the wrong one, for a grid of thresholds. The held-out real
 radiographs are never used to choose; `test_framing.py` checks the chosen values on them.
 
+With ``--write-card`` the chosen thresholds go into the weights' ``lung_fields.json`` under
+``view_checks`` (`models.lung_fields.ViewChecks`), where the checks read them: for the negative
+check, the most negatives caught with no right-way-round image flagged (ties: the stricter
+thresholds); for the lateral check, the most laterals caught with at most 5 % of frontals flagged.
+
 Usage: python scripts/calibrate_view_checks.py WEIGHTS [--data ../shared/data] [--count 20] [--json out.json]
+       [--write-card]
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--write-card", action="store_true", help="store the chosen thresholds in lung_fields.json")
     args = ap.parse_args()
     segmenter = load_lung_field_segmenter(args.weights)
     if segmenter is None:
@@ -97,8 +104,28 @@ def main() -> None:
     for row in result["inverted"]:
         print("inverted ratio {ratio} diff {difference}: negatives {negatives_flagged:.2f}, "
               "right way round {right_way_round_flagged:.2f}".format(**row))
+    result["chosen"] = choose(result)
+    print("chosen:", json.dumps(result["chosen"]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
+    if args.write_card:
+        from axonct.atomic import write_text
+
+        card = args.weights / "lung_fields.json"
+        info = json.loads(card.read_text())
+        info["view_checks"] = result["chosen"]
+        write_text(card, json.dumps(info, indent=2) + "\n")
+        print(f"written to {card}")
+
+
+def choose(result: dict, frontal_budget: float = 0.05) -> dict:
+    """The thresholds the module docstring's rules pick from the measured grid."""
+    safe = [r for r in result["inverted"] if r["right_way_round_flagged"] == 0.0] or result["inverted"]
+    inverted = max(safe, key=lambda r: (r["negatives_flagged"], r["ratio"], r["difference"]))
+    allowed = [r for r in result["lateral"] if r["frontals_flagged"] <= frontal_budget] or result["lateral"]
+    lateral = max(allowed, key=lambda r: (r["laterals_flagged"], -r["frontals_flagged"]))
+    return {"inverted_ratio": inverted["ratio"], "inverted_difference": inverted["difference"],
+            "lateral_symmetry_below": lateral["symmetry_below"], "lateral_centre_above": lateral["centre_above"]}
 
 
 if __name__ == "__main__":

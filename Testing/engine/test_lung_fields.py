@@ -276,3 +276,40 @@ def test_tiny_training_run_writes_a_loadable_card(generator, tmp_path):
     assert any("validation" in line for line in lines)
     # the pool is cached: a second run reads it instead of regenerating
     assert len(list((out / "pool").rglob("*.npz"))) == 3
+
+
+def test_a_card_carries_the_view_check_thresholds_of_its_network(reference, tmp_path):
+    """The input checks read thresholds chosen for one network from its card; a damaged entry is
+    refused when the network loads, naming the card."""
+    from axonct.models.lung_fields import ViewChecks
+    from axonct.pipeline import framing as fr
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name in (WEIGHTS_FILE, CARD_FILE):
+        shutil.copy(bundled_weights_dir() / name, folder / name)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card.pop("view_checks", None)
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    assert LungFieldSegmenter.load(folder).view_checks == ViewChecks()  # no entry: the defaults
+    card["view_checks"] = {"inverted_ratio": 1.2, "inverted_difference": 0.0}
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    seg = LungFieldSegmenter.load(folder)
+    assert seg.view_checks == ViewChecks(inverted_ratio=1.2, inverted_difference=0.0)
+    # the sample chest's negative is caught with the defaults and passes with thresholds no image
+    # can reach: the card's values are the ones used
+    from axonct.transforms.normalize import robust_unit
+
+    frontal = robust_unit(torch.from_numpy(reference[0].render_drr())[:1, None])[0, 0].numpy()
+    card.pop("view_checks")
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    assert fr.looks_inverted(1.0 - frontal, LungFieldSegmenter.load(folder))
+    card["view_checks"] = {"inverted_ratio": 1e9, "inverted_difference": 2.0}
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    assert not fr.looks_inverted(1.0 - frontal, LungFieldSegmenter.load(folder))
+    for bad in ({"inverted_ratio": "high"}, {"unknown": 1.0}, [1.5, 0.1]):
+        card["view_checks"] = bad
+        (folder / CARD_FILE).write_text(json.dumps(card))
+        with pytest.raises(AxonInputError, match="view_checks") as err:
+            LungFieldSegmenter.load(folder)
+        assert err.value.path == str(folder / CARD_FILE)

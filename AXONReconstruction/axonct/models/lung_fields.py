@@ -188,6 +188,28 @@ def bundled_weights_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "weights" / "cpu"
 
 
+@dataclass(frozen=True)
+class ViewChecks:
+    """Thresholds of the input checks that read this network's output (`framing.looks_inverted`,
+    `framing.looks_lateral`). They belong to one network: a card may carry its own under
+    ``view_checks`` (chosen on training DRRs by `scripts/calibrate_view_checks.py`); the defaults were
+    chosen for the network trained on LIDC-IDRI-0001's chests."""
+
+    inverted_ratio: float = 1.5  # the negative's smaller-side lung share over the image's ...
+    inverted_difference: float = 0.1  # ... and above it by this much
+    lateral_symmetry_below: float = 0.5  # lung-field box's correlation with its mirror image
+    lateral_centre_above: float = 1.05  # centre columns' lung share over the box's
+
+    @classmethod
+    def from_card(cls, info: dict, card: Path) -> "ViewChecks":
+        values = info.get("view_checks", {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or set(values) - names or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()):
+            raise AxonInputError(card, f"field 'view_checks' must map some of {sorted(names)} to numbers")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
 def read_lung_field_card(weights_dir: str | Path) -> tuple[dict, LungFieldConfig]:
     """The checked card of a weights folder and the network config it describes."""
     weights, card = Path(weights_dir) / WEIGHTS_FILE, Path(weights_dir) / CARD_FILE
@@ -210,6 +232,7 @@ def read_lung_field_card(weights_dir: str | Path) -> tuple[dict, LungFieldConfig
         cfg = LungFieldConfig.from_dict(info.get("config"))
     except (TypeError, ValueError) as exc:
         raise AxonInputError(card, f"field 'config' is not a lung-field network config ({exc})") from None
+    ViewChecks.from_card(info, card)  # refused here, at load, not at the first radiograph
     return info, cfg
 
 
@@ -221,6 +244,7 @@ class LungFieldSegmenter:
         self.net = net.to(self.device).eval()
         self.cfg = net.cfg
         self.card = card or {}
+        self.view_checks = ViewChecks(**self.card.get("view_checks", {}))
 
     @classmethod
     def load(cls, weights_dir: str | Path, device: str | torch.device = "cpu") -> "LungFieldSegmenter":

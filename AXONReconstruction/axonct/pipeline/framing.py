@@ -30,6 +30,7 @@ import numpy as np
 
 from axonct.config import DataConfig
 from axonct.io.radiograph import Radiograph
+from axonct.models.lung_fields import ViewChecks
 from axonct.transforms.window import frame_window, to_model_view
 
 @dataclass(frozen=True)
@@ -211,17 +212,14 @@ def _find_lungs(pixels: np.ndarray, segmenter, frame: TrainingFrame, hint: tuple
     return (top + b2[0] * scale, left + b2[1] * scale, top + b2[2] * scale, left + b2[3] * scale)
 
 
-INVERTED_MARGIN = (1.5, 0.1)
-"""A frontal view looks inverted when its grey-value negative shows clearly more lung on both
-sides (ratio, difference of the smaller side's lung-field share) than the image as given."""
-
-
 def looks_inverted(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIXELS) -> bool:
     """Whether a frontal radiograph looks like a negative (lungs bright, bones dark), e.g. a
     MONOCHROME1 image exported without its inversion.
 
     The lung-field network reads the image and its negative; both lungs show up clearly on a
-    chest radiograph the right way round and hardly on its negative. The check only warns: it
+    chest radiograph the right way round and hardly on its negative: the negative looks inverted
+    when it shows clearly more lung on both sides (`ViewChecks`: ratio and difference of the smaller
+    side's lung-field share) than the image as given. With the defaults the check only warns: it
     never fired on the real CR (nor on 3 exports of it) and 9 simulated clinical radiographs, and
     it caught 7 of their 10 negatives, missing those whose negative still looks like two lungs."""
     view = to_model_view(pixels, size)
@@ -232,20 +230,13 @@ def looks_inverted(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIX
         return float(min(m[:, :half].mean(), m[:, half:].mean()))
 
     given, negative = both_sides(view), both_sides(1.0 - view)
-    ratio, diff = INVERTED_MARGIN
-    return negative > ratio * given and negative - given > diff
+    checks = _view_checks(segmenter)
+    return negative > checks.inverted_ratio * given and negative - given > checks.inverted_difference
 
 
-LATERAL_SYMMETRY_BELOW = 0.5
-LATERAL_CENTRE_ABOVE = 1.05
-"""A view looks lateral when its lung-field box is not mirror-symmetric (correlation with its
-mirror image below 0.5: a frontal shows two lungs about the spine) and its centre columns hold at
-least the box's average lung field (>= 1.05 x: a frontal has the mediastinum there). Chosen with
-the bundled lung-field network on 60 realistic DRR pairs of the training chests in the `cpu-wide`
-geometry, which shows the whole chest as a film does (92 % of laterals, 5 % of frontals flagged); on the held-out
-real radiographs of `../shared/data/cxr/eval` it flagged 20 of 20 laterals and 1 of 67 frontals.
-It only warns, and only about the frontal input: 8 % of training laterals look frontal to it, the
-sample case's among them, so a lateral input is not judged."""
+def _view_checks(segmenter) -> ViewChecks:
+    """The thresholds chosen for this lung-field network (its card's), else the defaults."""
+    return getattr(segmenter, "view_checks", None) or ViewChecks()
 
 
 def view_shape(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIXELS) -> tuple[float, float] | None:
@@ -266,11 +257,20 @@ def view_shape(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIXELS)
 
 
 def looks_lateral(pixels: np.ndarray, segmenter) -> bool | None:
-    """Whether a radiograph looks like a lateral view; None when no lung fields are found."""
+    """Whether a radiograph looks like a lateral view; None when no lung fields are found.
+
+    A lateral's lung-field box is not mirror-symmetric (a frontal shows two lungs about the spine)
+    and its centre columns hold at least the box's average lung field (a frontal has the mediastinum
+    there). The defaults (`ViewChecks`) were chosen on 60 realistic DRR pairs of the training chests
+    in the `cpu-wide` geometry (92 % of laterals, 5 % of frontals flagged); on the held-out real
+    radiographs of `../shared/data/cxr/eval` they flagged 20 of 20 laterals and 1 of 67 frontals.
+    It only warns, and only about the frontal input: 8 % of training laterals look frontal to it,
+    the sample case's among them, so a lateral input is not judged."""
     shape = view_shape(pixels, segmenter)
     if shape is None:
         return None
-    return shape[0] < LATERAL_SYMMETRY_BELOW and shape[1] > LATERAL_CENTRE_ABOVE
+    checks = _view_checks(segmenter)
+    return shape[0] < checks.lateral_symmetry_below and shape[1] > checks.lateral_centre_above
 
 
 def _frame_from_bbox(box, frame: TrainingFrame, hint=None) -> tuple[tuple[float, float], float]:
