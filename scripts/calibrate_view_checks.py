@@ -10,8 +10,9 @@ radiographs are never used to choose; `test_framing.py` checks the chosen values
 
 With ``--write-card`` the chosen thresholds go into the weights' ``lung_fields.json`` under
 ``view_checks`` (`models.lung_fields.ViewChecks`), where the checks read them: for the negative
-check, the most negatives caught with no right-way-round image flagged (ties: the stricter
-thresholds); for the lateral check, the most laterals caught with at most 5 % of frontals flagged.
+check, the most negatives caught with no right-way-round image flagged; for the lateral check, the
+most laterals caught with at most 5 % of frontals flagged, then the fewest frontals; ties go to the
+strictest thresholds (a warning that fires on a right input costs the user's trust).
 
 Usage: python scripts/calibrate_view_checks.py WEIGHTS [--data ../shared/data] [--count 20] [--json out.json]
        [--write-card]
@@ -123,7 +124,8 @@ def choose(result: dict, frontal_budget: float = 0.05) -> dict:
     safe = [r for r in result["inverted"] if r["right_way_round_flagged"] == 0.0] or result["inverted"]
     inverted = max(safe, key=lambda r: (r["negatives_flagged"], r["ratio"], r["difference"]))
     allowed = [r for r in result["lateral"] if r["frontals_flagged"] <= frontal_budget] or result["lateral"]
-    lateral = max(allowed, key=lambda r: (r["laterals_flagged"], -r["frontals_flagged"]))
+    lateral = max(allowed, key=lambda r: (r["laterals_flagged"], -r["frontals_flagged"], r["centre_above"],
+                                          -r["symmetry_below"]))
     return {"inverted_ratio": inverted["ratio"], "inverted_difference": inverted["difference"],
             "lateral_symmetry_below": lateral["symmetry_below"], "lateral_centre_above": lateral["centre_above"]}
 
