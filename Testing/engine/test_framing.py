@@ -182,20 +182,22 @@ def test_no_lungs_falls_back_and_says_so(segmenter):
 
 
 def test_a_negative_radiograph_is_flagged_and_a_right_way_round_one_is_not(reference, segmenter):
+    """The real CR and its negative; then rates on 10 clinical-looking synthetic chests, as the
+    thresholds were chosen (`scripts/calibrate_view_checks.py`: no right-way-round image flagged,
+    most negatives caught; some negatives still look like two lungs to the network)."""
     from axonct.data.synthetic_anatomy import SyntheticChestGenerator
     from axonct.io.radiograph import read_radiograph
     from axonct.io.sample_data import sample_cr_path
 
     cr = read_radiograph(sample_cr_path(), view="frontal").pixels.astype(np.float32)
     negative = cr.max() - cr
+    assert not fr.looks_inverted(cr, segmenter) and fr.looks_inverted(negative, segmenter)
     gen = SyntheticChestGenerator(DATA)
     chests = [reference[0][0]] + [
         simulate_radiograph(torch.from_numpy(gen.generate(seed).render_drr()), RealismConfig.clinical(),
-                            seed=seed).numpy()[0] for seed in (1004, 1007)]  # seeds whose negatives are clear
-    assert not fr.looks_inverted(cr, segmenter) and fr.looks_inverted(negative, segmenter)
-    for image in chests:
-        assert not fr.looks_inverted(image, segmenter)
-    assert all(fr.looks_inverted(1.0 - image, segmenter) for image in chests[1:])
+                            seed=seed).numpy()[0] for seed in range(1000, 1009)]
+    assert not any(fr.looks_inverted(image, segmenter) for image in chests)
+    assert sum(fr.looks_inverted(1.0 - image, segmenter) for image in chests) >= 7
     _, _, framing = fr.frame_inputs(Radiograph(negative, view="frontal"), None, DATA, segmenter)
     assert any("looks inverted" in w for w in framing.warnings)
     _, _, framing = fr.frame_inputs(Radiograph(cr, view="frontal"), None, DATA, segmenter)

@@ -107,7 +107,8 @@ def test_installed_axon_reconstructs_from_another_folder(installed, tmp_path):
     assert (work / "recon.nrrd").is_file()
     report = json.loads((work / "recon_report.json").read_text())
     assert Path(report["weights"]).is_relative_to(installed["purelib"])
-    assert report["preset"] == "cpu" and report["precision"]["name"] in ("bf16", "fp32")
+    bundled = json.loads((Path(where[1]) / "coarse.json").read_text())["config"]["name"]
+    assert report["preset"] == bundled and report["precision"]["name"] in ("bf16", "fp32")
     assert "precision" in proc.stdout
 
 
