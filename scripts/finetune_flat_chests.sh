@@ -16,33 +16,26 @@ INIT="${2:-candidates/cpu-wide}"
 AXON=.venv/bin/axon
 RUNS=runs/retrain
 FOV=runs/frontal_depth
-OUT=runs/flat_chests
+OUT="${OUT:-runs/flat_chests}"
 CFG=scripts/finetune_frontal_depth.json
 STEPS_COARSE="${STEPS_COARSE:-1000}"
 COUNT="${COUNT:-120}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p $OUT
-LIDC="$($AXON fetch-data | sed 's/^sample data in //')/cxr.nii.gz"
-P1="$DATA/ct/train/ct01_popi00_fullres.nii.gz"
-P5="$DATA/ct/train/ct06_cip_testinput.nii.gz"
-# the caches of phases 4 and 5 (same seeds: the same chests), written when absent
-[ -f $RUNS/real/manifest.json ] || $AXON prepare --ct "$LIDC" "$DATA"/ct/train/*.nii.gz \
-    --patients "$DATA/manifest.csv" --out $RUNS/real --preset cpu-wide --val-fraction 0 --test-fraction 0 --no-progress
-synth() {  # folder seed fov-probability source-CT [more synth options]
-  local out=$1 seed=$2 fov=$3 ct=$4; shift 4
-  [ -f "$out/manifest.json" ] || $AXON synth --out "$out" --count "$COUNT" --seed "$seed" --preset cpu-wide \
-      --fov-probability "$fov" --ct "$ct" "$@" >/dev/null
-}
-i=0
-for ct in "$LIDC" "$P1" "$P5"; do
-  name=$(echo lidc p1 p5 | cut -d' ' -f$((i + 1)))
-  synth $RUNS/synth_$name $((40 + i)) 0.1 "$ct"
-  synth $FOV/synth_fov_$i $((50 + i)) 0.6 "$ct"
-  synth $OUT/synth_flat_$i $((60 + i)) 0.3 "$ct" --anatomy scripts/flat_chests.json
-  i=$((i + 1))
-done
+. scripts/training_caches.sh
+# the caches of phases 4 and 5 (same seeds: the same chests), then the flatter chests
+real_cache $RUNS/real
+synth_cache $RUNS/synth_lidc 40 0.1 "$LIDC"
+synth_cache $RUNS/synth_p1 41 0.1 "$P1"
+synth_cache $RUNS/synth_p5 42 0.1 "$P5"
+synth_cache $FOV/synth_fov_0 50 0.6 "$LIDC"
+synth_cache $FOV/synth_fov_1 51 0.6 "$P1"
+synth_cache $FOV/synth_fov_2 52 0.6 "$P5"
+synth_cache runs/flat_chests/synth_flat_0 60 0.3 "$LIDC" --anatomy scripts/flat_chests.json
+synth_cache runs/flat_chests/synth_flat_1 61 0.3 "$P1" --anatomy scripts/flat_chests.json
+synth_cache runs/flat_chests/synth_flat_2 62 0.3 "$P5" --anatomy scripts/flat_chests.json
 CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5 $FOV/synth_fov_0 $FOV/synth_fov_1 $FOV/synth_fov_2"
-CACHES="$CACHES $OUT/synth_flat_0 $OUT/synth_flat_1 $OUT/synth_flat_2"
+CACHES="$CACHES runs/flat_chests/synth_flat_0 runs/flat_chests/synth_flat_1 runs/flat_chests/synth_flat_2"
 if [ -f $OUT/coarse/resume.pt ]; then START=--resume; else START="--init-from $INIT"; fi
 $AXON train coarse --data $CACHES --config $CFG --out $OUT/coarse --steps "$STEPS_COARSE" --no-progress $START
 DEST=$OUT/weights

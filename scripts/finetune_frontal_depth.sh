@@ -18,16 +18,15 @@ CFG=scripts/finetune_frontal_depth.json
 STEPS_COARSE="${STEPS_COARSE:-1000}"
 COUNT="${COUNT:-120}"
 mkdir -p $OUT
-LIDC="$($AXON fetch-data | sed 's/^sample data in //')/cxr.nii.gz"
-# phase 4's caches (real CTs and 10 %-FOV synthetic chests) are reused when present
-[ -f $RUNS/real/manifest.json ] || $AXON prepare --ct "$LIDC" "$DATA"/ct/train/*.nii.gz \
-    --patients "$DATA/manifest.csv" --out $RUNS/real --preset cpu-wide --val-fraction 0 --test-fraction 0 --no-progress
-i=0
-for ct in "$LIDC" "$DATA/ct/train/ct01_popi00_fullres.nii.gz" "$DATA/ct/train/ct06_cip_testinput.nii.gz"; do
-  [ -f $OUT/synth_fov_$i/manifest.json ] || $AXON synth --out $OUT/synth_fov_$i --count "$COUNT" --seed $((50 + i)) \
-      --preset cpu-wide --fov-probability 0.6 --ct "$ct"
-  i=$((i + 1))
-done
+. scripts/training_caches.sh
+# phase 4's caches (real CTs and 10 %-FOV synthetic chests), then three with a FOV cut in 60 %
+real_cache $RUNS/real
+synth_cache $RUNS/synth_lidc 40 0.1 "$LIDC"
+synth_cache $RUNS/synth_p1 41 0.1 "$P1"
+synth_cache $RUNS/synth_p5 42 0.1 "$P5"
+synth_cache $OUT/synth_fov_0 50 0.6 "$LIDC"
+synth_cache $OUT/synth_fov_1 51 0.6 "$P1"
+synth_cache $OUT/synth_fov_2 52 0.6 "$P5"
 CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5 $OUT/synth_fov_0 $OUT/synth_fov_1 $OUT/synth_fov_2"
 if [ -f $OUT/coarse/resume.pt ]; then START=--resume; else START="--init-from $INIT"; fi
 $AXON train coarse --data $CACHES --config $CFG --out $OUT/coarse --steps "$STEPS_COARSE" --no-progress $START

@@ -30,18 +30,13 @@ STEPS_SR="${STEPS_SR:-500}"
 STEPS_LUNG_FIELDS="${STEPS_LUNG_FIELDS:-800}"
 COUNT="${COUNT:-120}"
 mkdir -p $RUNS
-LIDC="$($AXON fetch-data | sed 's/^sample data in //')/cxr.nii.gz"
-TRAIN_CTS=$(ls "$DATA"/ct/train/*.nii.gz)
+. scripts/training_caches.sh
 
 # ---- data: the real CTs, and synthetic chests of each patient (set seeds 40, 41, 42)
-[ -f $RUNS/real/manifest.json ] || $AXON prepare --ct "$LIDC" $TRAIN_CTS --patients "$DATA/manifest.csv" \
-    --out $RUNS/real --preset cpu-wide --val-fraction 0 --test-fraction 0 --no-progress
-[ -f $RUNS/synth_lidc/manifest.json ] || $AXON synth --out $RUNS/synth_lidc --count "$COUNT" --seed 40 \
-    --preset cpu-wide --fov-probability 0.1
-[ -f $RUNS/synth_p1/manifest.json ] || $AXON synth --out $RUNS/synth_p1 --count "$COUNT" --seed 41 --preset cpu-wide \
-    --fov-probability 0.1 --ct "$DATA/ct/train/ct01_popi00_fullres.nii.gz"
-[ -f $RUNS/synth_p5/manifest.json ] || $AXON synth --out $RUNS/synth_p5 --count "$COUNT" --seed 42 --preset cpu-wide \
-    --fov-probability 0.1 --ct "$DATA/ct/train/ct06_cip_testinput.nii.gz"
+real_cache $RUNS/real
+synth_cache $RUNS/synth_lidc 40 0.1 "$LIDC"
+synth_cache $RUNS/synth_p1 41 0.1 "$P1"
+synth_cache $RUNS/synth_p5 42 0.1 "$P5"
 CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5"
 
 # a stage's run: resumed when it exists, else started from the phase 1-3 weights
