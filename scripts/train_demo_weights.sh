@@ -56,3 +56,8 @@ cp $RUNS/coarse_ft/coarse.safetensors $RUNS/coarse_ft/coarse.json $DEST/
 echo "weights in $DEST"
 # ---- phase 4 (a candidate, bundled only when it beats these on real held-out data):
 # bash scripts/retrain_all_patients.sh ../shared/data $DEST   -> runs/retrain/weights (candidates/cpu-wide)
+# ---- phase 5: Stage I fine-tuned for a frontal view alone and scanner-FOV-cut chests
+# bash scripts/finetune_frontal_depth.sh ../shared/data candidates/cpu-wide   -> runs/frontal_depth/weights
+# ---- phases 6 and 7: Stage I on flatter synthetic chests too, every patient drawn equally often
+# bash scripts/finetune_flat_chests.sh ../shared/data <phase 5 weights>          -> runs/flat_chests/weights
+# OUT=runs/flat_chests_2 STEPS_COARSE=800 bash scripts/finetune_flat_chests.sh ../shared/data runs/flat_chests/weights
