@@ -8,7 +8,10 @@
 #     0.76-0.84, two of three barrel-shaped) against roughly 0.6-0.85 in adults, and from a frontal
 #     view alone the depth of a chest can only come from that prior.
 # The other stages stay as in phase 4. Checkpoints every 100 steps; the same command resumes.
-# Usage: bash scripts/finetune_flat_chests.sh [DATA] [INIT_WEIGHTS]
+# Phase 7 is the same recipe continued (`candidates/cpu-wide` holds its result):
+#   bash scripts/finetune_flat_chests.sh ../shared/data runs/frontal_depth/weights        # phase 6, 1000 steps
+#   OUT=runs/flat_chests_2 STEPS_COARSE=800 bash scripts/finetune_flat_chests.sh ../shared/data runs/flat_chests/weights
+# Usage: [OUT=folder] [STEPS_COARSE=n] bash scripts/finetune_flat_chests.sh [DATA] [INIT_WEIGHTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
