@@ -27,18 +27,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p $OUT
 . scripts/training_caches.sh
 # the caches of phases 4 and 5 (same seeds: the same chests), then the flatter chests
-real_cache $RUNS/real
-synth_cache $RUNS/synth_lidc 40 0.1 "$LIDC"
-synth_cache $RUNS/synth_p1 41 0.1 "$P1"
-synth_cache $RUNS/synth_p5 42 0.1 "$P5"
-synth_cache $FOV/synth_fov_0 50 0.6 "$LIDC"
-synth_cache $FOV/synth_fov_1 51 0.6 "$P1"
-synth_cache $FOV/synth_fov_2 52 0.6 "$P5"
-synth_cache runs/flat_chests/synth_flat_0 60 0.3 "$LIDC" --anatomy scripts/flat_chests.json
-synth_cache runs/flat_chests/synth_flat_1 61 0.3 "$P1" --anatomy scripts/flat_chests.json
-synth_cache runs/flat_chests/synth_flat_2 62 0.3 "$P5" --anatomy scripts/flat_chests.json
-CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5 $FOV/synth_fov_0 $FOV/synth_fov_1 $FOV/synth_fov_2"
-CACHES="$CACHES runs/flat_chests/synth_flat_0 runs/flat_chests/synth_flat_1 runs/flat_chests/synth_flat_2"
+phase5_caches $RUNS $FOV
+synth_per_patient 60 0.3 "runs/flat_chests/synth_flat_0 runs/flat_chests/synth_flat_1 runs/flat_chests/synth_flat_2" \
+    --anatomy scripts/flat_chests.json
 if [ -f $OUT/coarse/resume.pt ]; then START=--resume; else START="--init-from $INIT"; fi
 $AXON train coarse --data $CACHES --config $CFG --out $OUT/coarse --steps "$STEPS_COARSE" --no-progress $START
 DEST=$OUT/weights

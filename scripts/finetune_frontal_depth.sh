@@ -20,14 +20,7 @@ COUNT="${COUNT:-120}"
 mkdir -p $OUT
 . scripts/training_caches.sh
 # phase 4's caches (real CTs and 10 %-FOV synthetic chests), then three with a FOV cut in 60 %
-real_cache $RUNS/real
-synth_cache $RUNS/synth_lidc 40 0.1 "$LIDC"
-synth_cache $RUNS/synth_p1 41 0.1 "$P1"
-synth_cache $RUNS/synth_p5 42 0.1 "$P5"
-synth_cache $OUT/synth_fov_0 50 0.6 "$LIDC"
-synth_cache $OUT/synth_fov_1 51 0.6 "$P1"
-synth_cache $OUT/synth_fov_2 52 0.6 "$P5"
-CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5 $OUT/synth_fov_0 $OUT/synth_fov_1 $OUT/synth_fov_2"
+phase5_caches $RUNS $OUT
 if [ -f $OUT/coarse/resume.pt ]; then START=--resume; else START="--init-from $INIT"; fi
 $AXON train coarse --data $CACHES --config $CFG --out $OUT/coarse --steps "$STEPS_COARSE" --no-progress $START
 DEST=$OUT/weights

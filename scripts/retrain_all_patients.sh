@@ -32,12 +32,8 @@ COUNT="${COUNT:-120}"
 mkdir -p $RUNS
 . scripts/training_caches.sh
 
-# ---- data: the real CTs, and synthetic chests of each patient (set seeds 40, 41, 42)
-real_cache $RUNS/real
-synth_cache $RUNS/synth_lidc 40 0.1 "$LIDC"
-synth_cache $RUNS/synth_p1 41 0.1 "$P1"
-synth_cache $RUNS/synth_p5 42 0.1 "$P5"
-CACHES="$RUNS/real $RUNS/synth_lidc $RUNS/synth_p1 $RUNS/synth_p5"
+# ---- data: the real CTs, and synthetic chests of each patient
+phase4_caches $RUNS
 
 # a stage's run: resumed when it exists, else started from the phase 1-3 weights
 start() { if [ -f "$RUNS/$1/resume.pt" ]; then echo --resume; else echo --init-from "$INIT"; fi; }
