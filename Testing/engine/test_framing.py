@@ -269,7 +269,7 @@ def test_swapped_views_are_flagged_on_held_out_real_radiographs(segmenter):
         try:
             rg = read_radiograph(SHARED_DATA / row["path"])
         except AxonInputError:
-            continue  # the two colour-annotated images are refused on reading
+            continue  # a file refused on reading is not a view to check
         lateral = row["view"] == "L"
         counts[lateral][0] += bool(fr.looks_lateral(rg.pixels, segmenter))
         counts[lateral][1] += 1

@@ -228,6 +228,28 @@ def test_grey_rgb_jpeg_is_accepted_colour_jpeg_is_refused(grey, tmp_path):
         read_radiograph(tmp_path / "colour.jpg")
 
 
+def test_tinted_grey_is_read_along_its_tint_but_overlays_and_colour_maps_are_refused(grey, tmp_path):
+    """A film printed with a colour cast (a journal figure) keeps its grey scale; real colour does not."""
+    from axonct.io.radiograph import TINT_NOTE
+
+    tint = np.stack([0.75 * grey + 0.05, 0.9 * grey + 0.08, 0.95 * grey + 0.05], axis=-1)
+    Image.fromarray(np.round(tint * 255).astype(np.uint8)).save(tmp_path / "tinted.png")
+    rg = read_radiograph(tmp_path / "tinted.png")
+    assert TINT_NOTE in rg.meta["input_notes"]
+    assert np.corrcoef(rg.pixels.ravel(), grey.ravel())[0, 1] > 0.999
+    assert np.abs(rg.pixels - grey).mean() < 0.02  # rescaled to [0, 1] like any grey file
+
+    Image.fromarray(np.round(tint[..., ::-1] * 255).astype(np.uint8)).save(tmp_path / "tinted.tif")
+    assert TINT_NOTE in read_radiograph(tmp_path / "tinted.tif").meta["input_notes"]
+
+    overlay = np.round(tint * 255).astype(np.uint8)
+    rows, cols = grey.shape
+    overlay[: rows // 3, : cols // 3] = [255, 0, 0]  # a red box drawn over a ninth of the film
+    Image.fromarray(overlay).save(tmp_path / "overlay.png")
+    with pytest.raises(AxonInputError, match=r"overlay\.png.*colour .*greyscale"):
+        read_radiograph(tmp_path / "overlay.png")
+
+
 def test_bad_files_are_refused_naming_the_file(tmp_path, grey):
     with pytest.raises(AxonInputError, match=r"missing\.png.*does not exist"):
         read_radiograph(tmp_path / "missing.png")

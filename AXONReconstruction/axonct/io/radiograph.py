@@ -141,8 +141,10 @@ def _read_dicom(p: Path, view: str | None) -> Radiograph:
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_dimensions(p, rows, cols)
 
-    arr, factor, photometric = _decode_grey_pixels(p, ds)
+    colour_notes: list[str] = []
+    arr, factor, photometric = _decode_grey_pixels(p, ds, colour_notes)
     meta = _dicom_meta(ds, modality, photometric, view_meta)
+    meta["input_notes"] += colour_notes
     grey = _monochrome_display(p, ds, arr, meta, is_mono=photometric.startswith("MONOCHROME"))
     grey = _bright_is_attenuating(ds, photometric, grey, meta)
     spacing = _scaled(_dicom_spacing(ds, meta), factor)
@@ -192,7 +194,7 @@ def _check_single_radiograph(p: Path, ds) -> str:
     return modality
 
 
-def _decode_grey_pixels(p: Path, ds) -> tuple[np.ndarray, int, str]:
+def _decode_grey_pixels(p: Path, ds, notes: list[str]) -> tuple[np.ndarray, int, str]:
     """(stored values as one grey [row, col] image, reduced for WORKING_SIDE; the reduction factor;
     the photometric interpretation). Colour and palette data become grey unless really coloured."""
     try:
@@ -211,11 +213,11 @@ def _decode_grey_pixels(p: Path, ds) -> tuple[np.ndarray, int, str]:
     _check_size(p, raw)
     factor = _reduction_factor(*raw.shape[:2])
     if samples > 1:
-        arr = _grey_from_colour(p, _reduce(raw, factor), photometric or "RGB")
+        arr = _grey_from_colour(p, _reduce(raw, factor), photometric or "RGB", notes)
     elif photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        arr = _grey_from_colour(p, _reduce(apply_color_lut(raw, ds), factor), "palette colour")
+        arr = _grey_from_colour(p, _reduce(apply_color_lut(raw, ds), factor), "palette colour", notes)
     else:
         arr = _reduce(raw, factor)
         if factor > 1 and ds.get("ModalityLUTSequence"):
@@ -509,8 +511,9 @@ def _read_image_file(p: Path, view: str | None) -> Radiograph:
         raise AxonInputError(p, f"could not be read as an image ({_short(e)})") from e
 
     arr = _exif_orient(arr, orientation)
+    notes: list[str] = []
     if arr.ndim == 3:
-        arr = _grey_from_colour(p, arr, "RGB")
+        arr = _grey_from_colour(p, arr, "RGB", notes)
     _check_size(p, arr)
     pixels = _minmax(p, arr.astype(np.float64 if factor == 1 else np.float32, copy=False))
     meta = {
@@ -524,6 +527,7 @@ def _read_image_file(p: Path, view: str | None) -> Radiograph:
         "spacing_source": None,
         "view_hint": None,
         "reoriented": [],
+        "input_notes": notes,
     }
     _note_reduction(meta, rows, cols, pixels.shape, orientation >= 5)
     return Radiograph(pixels=pixels.astype(np.float32), pixel_spacing_mm=None, view=view,
@@ -578,8 +582,9 @@ def _read_itk_file(p: Path, view: str | None) -> Radiograph:
     rows, cols = arr.shape[:2]
     arr = _reduce(arr, factor) if factor > 1 else np.array(arr)
     del img
+    notes: list[str] = []
     if arr.ndim == 3:
-        arr = _grey_from_colour(p, arr, "RGB")
+        arr = _grey_from_colour(p, arr, "RGB", notes)
     if arr.ndim != 2:
         raise AxonInputError(p, f"has shape {tuple(arr.shape)}, not a 2-D radiograph")
     sp = [float(s) for s, n in zip(reader.GetSpacing(), size) if n > 1]
@@ -589,7 +594,7 @@ def _read_itk_file(p: Path, view: str | None) -> Radiograph:
     spacing = _scaled((sp[1], sp[0]) if len(sp) == 2 and min(sp) > 0 and not default_spacing else None, factor)
     meta = {"format": "itk", "modality": None, "photometric": None, "bits": None, "patient_id": None,
             "laterality": None, "inverted": False, "spacing_source": "image header" if spacing else None,
-            "view_hint": None, "reoriented": [],
+            "view_hint": None, "reoriented": [], "input_notes": notes,
             "spacing_note": "1 x 1 mm in the header is a format default; treated as unknown" if default_spacing else None}
     meta.update(_axon_drr_distances(reader))
     _note_reduction(meta, rows, cols, arr.shape)
@@ -615,8 +620,19 @@ def _axon_drr_distances(reader) -> dict:
     return {"distance_source_to_patient_mm": sod, "distance_source_to_detector_mm": sid}
 
 
-def _grey_from_colour(p: Path, arr: np.ndarray, what: str) -> np.ndarray:
-    """Accept colour-encoded grey (e.g. a JPEG export of a greyscale film) but refuse real colour."""
+TINT_NOTE = ("is a tinted greyscale image (one grey scale printed in colour, as in a scanned or published "
+             "film); it was read along its tint")
+"""Why a colour file was accepted: its channels follow one grey scale, so nothing of the film is lost."""
+
+TINT_SHARE = 0.98
+"""Share of the colour variance one same-signed direction must carry for colour pixels to count as a
+tinted grey scale. Tinted film scans carry about 0.995; a grey film with a coloured overlay on 8 % of
+it about 0.95; colours that move against each other (a colour map) have mixed signs."""
+
+
+def _grey_from_colour(p: Path, arr: np.ndarray, what: str, notes: list[str]) -> np.ndarray:
+    """Accept colour-encoded grey (a JPEG export of a greyscale film) and tinted grey (a film printed
+    with a colour cast), but refuse real colour, whose channels do not follow one grey scale."""
     rgb = np.asarray(arr, dtype=np.float64)[..., :3]
     if rgb.shape[-1] < 3:
         return rgb[..., 0]
@@ -625,8 +641,24 @@ def _grey_from_colour(p: Path, arr: np.ndarray, what: str) -> np.ndarray:
         diff = (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
                 + np.abs(rgb[..., 0] - rgb[..., 2])) / 3.0
         if float(diff.mean()) / rng >= 0.02:
-            raise AxonInputError(p, f"is a colour ({what}) image; radiographs must be greyscale")
+            direction = _tint_direction(rgb)
+            if direction is None:
+                raise AxonInputError(p, f"is a colour ({what}) image; radiographs must be greyscale")
+            notes.append(TINT_NOTE)
+            return (rgb - rgb.reshape(-1, 3).min(axis=0)) @ direction
     return rgb.mean(axis=-1)
+
+
+def _tint_direction(rgb: np.ndarray) -> np.ndarray | None:
+    """Unit colour direction (all channels rising together) that carries TINT_SHARE of the variance;
+    None when the colours vary in more than one way."""
+    flat = rgb.reshape(-1, 3)
+    sample = flat[:: max(1, flat.shape[0] // 200_000)]
+    values, vectors = np.linalg.eigh(np.cov(sample, rowvar=False))
+    if not np.isfinite(values).all() or values[-1] <= 0 or values[-1] / values.sum() < TINT_SHARE:
+        return None
+    direction = vectors[:, -1] * np.sign(vectors[:, -1].sum())
+    return direction if (direction > 0).all() else None
 
 
 def _limits_text() -> str:
