@@ -70,6 +70,22 @@ def test_recovers_known_mapping_and_geometry(drrs, model, params, shift, scale, 
     assert np.abs(pred[inner, inner] - truth.apply(L).numpy()[inner, inner]).max() < 0.01
 
 
+def test_pinned_geometry_keeps_the_view_where_it_is_and_still_fits_the_intensity(drrs):
+    """A view in the model's own geometry: an estimate drawn 6 % too wide is not matched by
+    magnifying the view (as the free fit does), so the targets keep the view's true size."""
+    L = drrs[0]
+    obs = _truth("gamma", L, (0.0, 0.0), 1.0, a=0.8, b=0.1, g=0.7).apply(L)
+    too_wide = _truth("affine", L, (0.0, 0.0), 1.06, a=1.0, b=0.0).apply(L)
+    free = fit_view_calibration(obs, too_wide)
+    pinned = fit_view_calibration(obs, too_wide, pinned=True)
+    assert free.scale == pytest.approx(1 / 1.06, abs=0.01)
+    assert pinned.scale == 1.0 and pinned.shift_px == (0.0, 0.0)
+    exact = fit_view_calibration(obs, L, pinned=True)
+    assert exact.model == "gamma" and exact.params["g"] == pytest.approx(0.7, rel=0.05)
+    assert exact.residual_rmse < 0.004
+    assert pinned.residual_rmse > 5 * exact.residual_rmse  # the width error stays visible
+
+
 def test_affine_preferred_when_residuals_tie(drrs):
     L = drrs[0]
     obs = _truth("affine", L, (0.0, 0.0), 1.0, a=0.12, b=0.05).apply(L)

@@ -59,6 +59,18 @@ def test_calibrated_targets_fit_the_truth(truth_and_guess):
     assert max(res_truth) < 0.05, res_truth  # the views were made from this volume
 
 
+def test_pinned_views_are_calibrated_in_place(truth_and_guess):
+    """Views in the model's own geometry: the calibration against a wrong estimate fits intensity
+    only; the other view keeps its free scale and position."""
+    _, views, guess = truth_and_guess
+    checker = ViewConsistency(views, np.ones(2, np.float32), LO, DATA.geometry, ConsistencyConfig(),
+                              pinned=(True, False))
+    checker.calibrate(guess)
+    frontal, lateral = checker.calibrations
+    assert frontal.scale == 1.0 and frontal.shift_px == (0.0, 0.0)
+    assert lateral.scale != 1.0 or lateral.shift_px != (0.0, 0.0)
+
+
 def test_cg_guidance_halves_the_residual_without_harming_the_volume(truth_and_guess):
     truth, views, guess = truth_and_guess
     checker = _checker(views)

@@ -155,11 +155,34 @@ def test_model_geometry_views_pass_through_framing_unchanged(reference, segmente
     image, _ = reference
     frontal, lateral = fr.model_view_radiographs(image, np.ones(2), DATA)
     views, mask, framing = fr.frame_inputs(frontal, lateral, DATA, segmenter)
-    plain, _, _ = fr.frame_inputs(frontal, lateral, DATA, segmenter, mode="none")
+    plain, _, unframed = fr.frame_inputs(frontal, lateral, DATA, segmenter, mode="none")
     assert [v.method for v in framing.views.values()] == ["pixel-spacing", "pixel-spacing"]
     assert framing.size_factor == 1.0 and not framing.warnings
     np.testing.assert_array_equal(views, plain)
     assert np.abs(views - np.clip(image, 0, 1)).max() < 0.02
+    assert framing.pinned() == (True, True) and unframed.pinned() == (False, False)  # consistency pins their geometry
+
+
+def test_only_whole_views_in_the_model_geometry_are_pinned(reference, segmenter, tmp_path):
+    """An `axon drr` file read back is in the model's geometry; a crop of it, or a film at other
+    distances, is not, so its calibration keeps fitting scale and position."""
+    from axonct.io.radiograph import read_radiograph
+    from axonct.physics.geometry import view_geometry
+    from axonct.tools.drr_export import view_image, write_image
+
+    image, _ = reference
+    geom = view_geometry("frontal", DATA.geometry)
+    write_image(view_image(image[0], geom.pixel_spacing_mm, {"axon_view": "frontal", "axon_geometry": geom.to_dict()}),
+                tmp_path / "frontal.nrrd")
+    rg = read_radiograph(tmp_path / "frontal.nrrd", view="frontal")
+    assert fr.in_model_geometry(rg, DATA)
+    assert fr.frame_inputs(rg, None, DATA, segmenter)[2].pinned() == (True, False)
+    crop = Radiograph(rg.pixels[4:-4, 4:-4], pixel_spacing_mm=rg.pixel_spacing_mm, view="frontal", meta=dict(rg.meta))
+    other = Radiograph(rg.pixels, pixel_spacing_mm=rg.pixel_spacing_mm, view="frontal",
+                       meta=dict(rg.meta, distance_source_to_patient_mm=DATA.geometry.source_to_isocenter_mm - 100))
+    for film in (crop, other):
+        assert not fr.in_model_geometry(film, DATA)
+        assert fr.frame_inputs(film, None, DATA, segmenter)[2].pinned() == (False, False)
 
 
 def test_age_or_a_given_width_sets_the_size_without_spacing(reference, segmenter):

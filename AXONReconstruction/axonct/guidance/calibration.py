@@ -21,6 +21,11 @@ by ``shift`` = (dy, dx) pixels, and mapped through a monotone intensity curve f:
 Pixels whose observation is clipped (at the image's 0 or 1) are censored: they only say the truth
 is beyond the clip, so the fit penalises a prediction only on the wrong side of it, and the
 inverse gives them no weight. A validity mask removes collimated borders and other junk.
+
+A view rendered in the model's own projection geometry (a DRR written by `axon drr`) has no unknown
+magnification or position: its geometry is pinned (scale 1, no shift) and only f is fitted. Left
+free, the fit would match the view to the network's estimate, so a body the network drew a few per
+cent too wide would be kept by the correction instead of removed.
 """
 
 from __future__ import annotations
@@ -227,15 +232,16 @@ def _theta_grid(model: str) -> list[float]:
     return list(np.geomspace(lo, hi, 9))
 
 
-def _coarse_search(obs, L, w, models, l_ref):
-    """Grid search on scale x shift (and the model's curvature) with closed-form a, b, at <= 32 px."""
+def _coarse_search(obs, L, w, models, l_ref, pinned: bool = False):
+    """Grid search on scale x shift (and the model's curvature) with closed-form a, b, at <= 32 px;
+    ``pinned``: scale 1 and no shift only."""
     h, w_ = obs.shape
     factor = max(1, int(math.ceil(max(h, w_) / SEARCH_SIDE)))
     pool = (lambda x: F.avg_pool2d(x[None, None], factor)[0, 0]) if factor > 1 else (lambda x: x)
     o, l, m = (pool(x).float() for x in (obs, L, w))
-    scales = np.linspace(*SCALE_RANGE, 5)
-    span_y, span_x = SHIFT_FRACTION * h / factor, SHIFT_FRACTION * w_ / factor
-    dys, dxs = np.linspace(-span_y, span_y, 11), np.linspace(-span_x, span_x, 11)
+    scales = np.ones(1) if pinned else np.linspace(*SCALE_RANGE, 5)
+    span_y, span_x = (0.0, 0.0) if pinned else (SHIFT_FRACTION * h / factor, SHIFT_FRACTION * w_ / factor)
+    dys, dxs = np.linspace(-span_y, span_y, 1 if pinned else 11), np.linspace(-span_x, span_x, 1 if pinned else 11)
     sg, yg, xg = np.meshgrid(scales, dys, dxs, indexing="ij")
     sc = torch.from_numpy(sg.ravel()).float()
     sh = torch.from_numpy(np.stack([yg.ravel(), xg.ravel()], -1)).float()
@@ -267,8 +273,9 @@ def _residuals(obs, L, w, model, l_ref, a, b, theta, scale, shift):
     return r, ww
 
 
-def _refine(obs, L, w, model, l_ref, start):
-    """Bounded least squares on (a, b, curvature, scale, dy, dx) from the coarse optimum."""
+def _refine(obs, L, w, model, l_ref, start, pinned: bool = False):
+    """Bounded least squares on (a, b, curvature, scale, dy, dx) from the coarse optimum; a
+    ``pinned`` geometry keeps scale and shift out of the unknowns."""
     from scipy.optimize import least_squares
 
     _, a, b, theta, scale, shift = start
@@ -276,14 +283,15 @@ def _refine(obs, L, w, model, l_ref, start):
     sy, sx = SHIFT_FRACTION * h, SHIFT_FRACTION * w_
     has_theta = model != "affine"
     lo_t, hi_t = (GAMMA_RANGE if model == "gamma" else KAPPA_RANGE) if has_theta else (1.0, 1.0)
-    x0 = [a, b] + ([math.log(theta)] if has_theta else []) + [scale, shift[0], shift[1]]
-    lower = [-np.inf, -np.inf] + ([math.log(lo_t)] if has_theta else []) + [SCALE_RANGE[0], -sy, -sx]
-    upper = [np.inf, np.inf] + ([math.log(hi_t)] if has_theta else []) + [SCALE_RANGE[1], sy, sx]
+    geometry = [] if pinned else [scale, shift[0], shift[1]]
+    x0 = [a, b] + ([math.log(theta)] if has_theta else []) + geometry
+    lower = [-np.inf, -np.inf] + ([math.log(lo_t)] if has_theta else []) + ([] if pinned else [SCALE_RANGE[0], -sy, -sx])
+    upper = [np.inf, np.inf] + ([math.log(hi_t)] if has_theta else []) + ([] if pinned else [SCALE_RANGE[1], sy, sx])
     x0 = np.clip(x0, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
 
     def unpack(x):
         th = math.exp(x[2]) if has_theta else 0.0
-        s, dy, dx = x[-3:]
+        s, dy, dx = (1.0, 0.0, 0.0) if pinned else x[-3:]
         return x[0], x[1], th, float(s), (float(dy), float(dx))
 
     # The weights of the starting geometry are kept fixed during the refinement so that the
@@ -295,7 +303,7 @@ def _refine(obs, L, w, model, l_ref, start):
         r, _ = _residuals(obs, L, w, model, l_ref, *unpack(x))
         return (sq * r).flatten().numpy()
 
-    steps = np.array([1e-4, 1e-4] + ([1e-3] if has_theta else []) + [1e-3, 0.05, 0.05])
+    steps = np.array([1e-4, 1e-4] + ([1e-3] if has_theta else []) + ([] if pinned else [1e-3, 0.05, 0.05]))
     res = least_squares(fun, x0, bounds=(lower, upper), x_scale=np.maximum(np.abs(x0), steps * 20),
                         diff_step=steps / np.maximum(np.abs(x0), 1e-3), max_nfev=200, method="trf")
     a, b, th, s, sh = unpack(res.x)
@@ -304,12 +312,14 @@ def _refine(obs, L, w, model, l_ref, start):
     return rmse, a, b, th, s, sh
 
 
-def fit_view_calibration(observed, predicted_L, mask=None, models: Sequence[str] = MODELS) -> ViewCalibration:
+def fit_view_calibration(observed, predicted_L, mask=None, models: Sequence[str] = MODELS,
+                         pinned: bool = False) -> ViewCalibration:
     """Fit geometry (scale, shift) and a monotone intensity map from the DRR L to the observed view.
 
     ``observed``: (H, W) in [0, 1]; ``predicted_L``: (H, W) line integrals on the same pixel grid
     (use `sparse_projector.downsample_view_image` to match resolutions first). ``mask``: weights
-    in [0, 1] (0 = ignore); None detects uniform collimation / padding borders.
+    in [0, 1] (0 = ignore); None detects uniform collimation / padding borders. ``pinned``: the
+    view is in the model's own geometry, so scale stays 1 and shift 0.
     """
     obs = _as_tensor(observed).detach().cpu().to(torch.float64)
     L = _as_tensor(predicted_L).detach().cpu().to(torch.float64)
@@ -334,8 +344,8 @@ def fit_view_calibration(observed, predicted_L, mask=None, models: Sequence[str]
     if not l_ref > 0:
         raise ValueError("predicted_L is zero on the valid region: nothing to calibrate against")
 
-    coarse = _coarse_search(obs, L, w, models, l_ref)
-    fits = {m: _refine(obs, L, w, m, l_ref, coarse[m]) for m in models}
+    coarse = _coarse_search(obs, L, w, models, l_ref, pinned)
+    fits = {m: _refine(obs, L, w, m, l_ref, coarse[m], pinned) for m in models}
     rmse = {m: f[0] for m, f in fits.items()}
     best = min(rmse, key=rmse.get)
     if "affine" in rmse and rmse["affine"] <= rmse[best] * (1 + AFFINE_TIE[0]) + AFFINE_TIE[1]:

@@ -69,9 +69,11 @@ class ViewConsistency:
 
     def __init__(self, views: np.ndarray, view_mask: np.ndarray, grid: VolumeGrid,
                  geometry: ProjectionGeometry, cfg: ConsistencyConfig | None = None,
-                 projector: SparseProjector | None = None):
+                 projector: SparseProjector | None = None, pinned=(False, False)):
+        """``pinned[i]``: view i is in the model's own projection geometry (`calibration`)."""
         self.cfg = cfg or ConsistencyConfig()
         self.present = [i for i in range(len(VIEWS)) if float(view_mask[i]) > 0]
+        self.pinned = [bool(pinned[i]) for i in self.present]
         if not self.present:
             raise ValueError("consistency needs at least one input view")
         self.names = [VIEWS[i] for i in self.present]
@@ -120,7 +122,8 @@ class ViewConsistency:
     def calibrate(self, u: torch.Tensor) -> None:
         """Fit each view's calibration against the DRR of the batch-mean estimate."""
         pred = self.project(u.mean(0, keepdim=True))[0].cpu().numpy()
-        self.calibrations = [fit_view_calibration(obs, pred[k]) for k, obs in enumerate(self.observed)]
+        self.calibrations = [fit_view_calibration(obs, pred[k], pinned=self.pinned[k])
+                             for k, obs in enumerate(self.observed)]
         tw = [c.target_line_integrals(obs) for c, obs in zip(self.calibrations, self.observed)]
         self.targets = torch.stack([torch.as_tensor(np.asarray(t, np.float32)) for t, _ in tw]).to(self.device)
         self.weights = torch.stack([torch.as_tensor(np.asarray(w, np.float32)) for _, w in tw]).to(self.device)

@@ -118,6 +118,8 @@ class ViewFrame:
     lung_bbox_rc: tuple[float, float, float, float] | None = None  # top, left, bottom, right (image pixel edges)
     spacing_mm: float | None = None  # patient-plane mm per image pixel, when known
     spacing_source: str | None = None
+    model_geometry: bool = False  # framed physically from the model's own source distances: a DRR
+    # in the training geometry, placed exactly (consistency then pins its scale and position)
 
 
 @dataclass
@@ -127,6 +129,10 @@ class Framing:
     size_source: str = "training geometry"
     thorax_width_mm: float | None = None  # the patient's lung-field width (measured or assumed)
     warnings: list[str] = field(default_factory=list)
+
+    def pinned(self) -> tuple[bool, bool]:
+        """(frontal, lateral): whether each view is in the model's own projection geometry."""
+        return tuple(name in self.views and self.views[name].model_geometry for name in ("frontal", "lateral"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -171,6 +177,17 @@ def trusted_spacing(rg: Radiograph) -> bool:
     sid = rg.meta.get("distance_source_to_detector_mm")
     sod = rg.meta.get("distance_source_to_patient_mm")
     return bool(sid and sod and sid > sod > 0)
+
+
+def in_model_geometry(rg: Radiograph, data: DataConfig) -> bool:
+    """Whether the image is the model's whole detector, with its source distances and pixel spacing
+    (to 0.1 mm and 0.1 %): a DRR written by `axon drr` or made by `model_view_radiographs`."""
+    g = data.geometry
+    sid, sod = rg.meta.get("distance_source_to_detector_mm"), rg.meta.get("distance_source_to_patient_mm")
+    if rg.pixel_spacing_mm is None or not sid or not sod or tuple(rg.pixels.shape) != (g.detector_pixels,) * 2:
+        return False
+    return (abs(float(sid) - g.source_to_detector_mm) < 0.1 and abs(float(sod) - g.source_to_isocenter_mm) < 0.1
+            and all(abs(float(s) / g.pixel_spacing_mm - 1.0) < 1e-3 for s in rg.pixel_spacing_mm))
 
 
 def lung_bbox(prob: np.ndarray, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
@@ -336,7 +353,7 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
         views[i], coverage = frame_window(pixels, center, scale, size)
         framing.views[name] = ViewFrame(name, method, (float(center[0]), float(center[1])), float(scale),
                                         coverage, None if box is None else tuple(float(x) for x in box),
-                                        spacing, spacing_source)
+                                        spacing, spacing_source, physical and in_model_geometry(rg, data))
         if name == "frontal" and box is not None:
             frontal_height = (box[2] - box[0]) / (scale * scale_to_training)
         elif name == "frontal" and physical and segmenter is not None and lateral is not None:

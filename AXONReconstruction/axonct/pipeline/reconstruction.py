@@ -218,7 +218,7 @@ class AxonPipeline:
         rec = self.reconstruct(views, mask, steps=opts.steps, samples=opts.samples, seed=opts.seed,
                                progress=progress, stop_after=stop_after, consistency=consistency_config(opts),
                                start=start, fine_strength=opts.fine_strength, lung_fields=guided_fields,
-                               size_factor=frame.size_factor)
+                               size_factor=frame.size_factor, pinned=frame.pinned())
         checks = input_checks(rec, frame, fields)
         return ReconstructionOutput(rec, frame, fields, checks, opts)
 
@@ -263,7 +263,7 @@ class AxonPipeline:
                     stop_after: str = "sr", coarse_guidance=None, fine_guidance=None,
                     consistency=None, start=None, fine_strength: float | None = None,
                     batch_size: int | None = None, lung_fields: np.ndarray | None = None,
-                    lung_guidance=None, size_factor: float = 1.0) -> Reconstruction:
+                    lung_guidance=None, size_factor: float = 1.0, pinned=(False, False)) -> Reconstruction:
         """``consistency``: a `consistency.ConsistencyConfig` to steer both samplers towards agreement
         with the input views (replaces the guidance arguments). ``start``: an optional [S,S,S] unit
         volume on the final grid (e.g. a template fit) that replaces Stage I's output as Stage II's
@@ -274,7 +274,9 @@ class AxonPipeline:
         ``lung_fields``: [2, P, P] lung-field probabilities of the views; with consistency on, sampling
         also keeps air behind the lung fields and out of the rest (`guidance.lung_fields`), with
         ``lung_guidance`` (a `LungGuidanceConfig`) or its defaults. ``size_factor``: the patient's size
-        relative to the training CT, from framing (the output's voxel size)."""
+        relative to the training CT, from framing (the output's voxel size). ``pinned``: per view,
+        whether it is in the model's own projection geometry (`Framing.pinned`), so consistency
+        fits its intensity only, not its scale and position."""
         if samples < 1:
             raise AxonInputError(None, "--samples must be at least 1")
         self.check_steps(steps)
@@ -292,7 +294,7 @@ class AxonPipeline:
             from axonct.guidance.consistency import ViewConsistency
 
             checker = ViewConsistency(views, view_mask, self.preset.data.diffusion_grid(self.preset.sr.factor),
-                                      self.preset.data.geometry, consistency)
+                                      self.preset.data.geometry, consistency, pinned=pinned)
             if lung_fields is not None:
                 from axonct.guidance.lung_fields import LungFieldGuidance
                 from axonct.physics.sparse_projector import downsample_view_image
