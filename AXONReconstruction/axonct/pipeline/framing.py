@@ -118,8 +118,8 @@ class ViewFrame:
     lung_bbox_rc: tuple[float, float, float, float] | None = None  # top, left, bottom, right (image pixel edges)
     spacing_mm: float | None = None  # patient-plane mm per image pixel, when known
     spacing_source: str | None = None
-    model_geometry: bool = False  # framed physically from the model's own source distances: a DRR
-    # in the training geometry, placed exactly (consistency then pins its scale and position)
+    model_geometry: bool = False  # the view is a whole DRR in the model's own geometry, left where it
+    # is (physical framing, or none): consistency then pins its scale and position
 
 
 @dataclass
@@ -177,6 +177,14 @@ def trusted_spacing(rg: Radiograph) -> bool:
     sid = rg.meta.get("distance_source_to_detector_mm")
     sod = rg.meta.get("distance_source_to_patient_mm")
     return bool(sid and sod and sid > sod > 0)
+
+
+def _unmoved(rg: Radiograph, data: DataConfig, method: str, center, scale: float) -> bool:
+    """Whether the framed view is exactly the model's own view: a whole model-geometry detector
+    image, kept at its scale and centre (physical framing, or none)."""
+    middle = (rg.pixels.shape[0] / 2, rg.pixels.shape[1] / 2)
+    return (method in ("pixel-spacing", "whole-image") and abs(scale - 1.0) < 1e-6
+            and tuple(map(float, center)) == middle and in_model_geometry(rg, data))
 
 
 def in_model_geometry(rg: Radiograph, data: DataConfig) -> bool:
@@ -353,7 +361,7 @@ def frame_inputs(frontal: Radiograph, lateral: Radiograph | None, data: DataConf
         views[i], coverage = frame_window(pixels, center, scale, size)
         framing.views[name] = ViewFrame(name, method, (float(center[0]), float(center[1])), float(scale),
                                         coverage, None if box is None else tuple(float(x) for x in box),
-                                        spacing, spacing_source, physical and in_model_geometry(rg, data))
+                                        spacing, spacing_source, _unmoved(rg, data, method, center, scale))
         if name == "frontal" and box is not None:
             frontal_height = (box[2] - box[0]) / (scale * scale_to_training)
         elif name == "frontal" and physical and segmenter is not None and lateral is not None:
