@@ -11,7 +11,11 @@
 # Phase 7 is the same recipe continued (`candidates/cpu-wide` holds its result):
 #   bash scripts/finetune_flat_chests.sh ../shared/data runs/frontal_depth/weights        # phase 6, 1000 steps
 #   OUT=runs/flat_chests_2 STEPS_COARSE=800 bash scripts/finetune_flat_chests.sh ../shared/data runs/flat_chests/weights
-# Usage: [OUT=folder] [STEPS_COARSE=n] bash scripts/finetune_flat_chests.sh [DATA] [INIT_WEIGHTS]
+# Phase 8 continues phase 7 with a quarter of the training views left as clean DRRs
+# (`scripts/finetune_clean_views.json`: clean_view_probability 0.25), the inputs `axon drr` writes:
+#   OUT=runs/clean_views CFG=scripts/finetune_clean_views.json STEPS_COARSE=800 \
+#       bash scripts/finetune_flat_chests.sh ../shared/data candidates/cpu-wide
+# Usage: [OUT=folder] [CFG=config.json] [STEPS_COARSE=n] bash scripts/finetune_flat_chests.sh [DATA] [INIT_WEIGHTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
@@ -20,7 +24,7 @@ AXON=.venv/bin/axon
 RUNS=runs/retrain
 FOV=runs/frontal_depth
 OUT="${OUT:-runs/flat_chests}"
-CFG=scripts/finetune_frontal_depth.json
+CFG="${CFG:-scripts/finetune_frontal_depth.json}"
 STEPS_COARSE="${STEPS_COARSE:-1000}"
 COUNT="${COUNT:-120}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

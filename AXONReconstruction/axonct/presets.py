@@ -113,7 +113,12 @@ class TrainConfig:
     seed: int = 0
     augment_spatial: bool = True  # random affine of the CT, DRRs re-rendered after it
     augment_realism: bool = True  # X-ray realism simulation on the views
+    clean_view_probability: float = 0.0  # with realism on: share of samples whose views stay clean DRRs
     controlnet_cond_steps: int = 4  # Stage I sampling steps that make ControlNet's training conditioning
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.clean_view_probability) <= 1.0:
+            raise ValueError(f"clean_view_probability must be in [0, 1], got {self.clean_view_probability}")
 
 
 @dataclass

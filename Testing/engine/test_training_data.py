@@ -282,3 +282,27 @@ def test_each_patient_is_drawn_equally_often_whatever_its_volume_count(two_cache
         from_cache = [k for k in picks if not k.startswith("small/")]
         share = sum(k == key for k in from_cache) / len(from_cache)
         assert 0.38 < share < 0.62, share  # 1 of 8 volumes, half of the cache's draws
+
+
+def test_a_share_of_training_views_stays_clean_and_zero_keeps_the_old_draws(two_caches):
+    """`clean_view_probability`: that share of samples shows the clean DRR (as `axon drr` writes it),
+    the rest the simulated radiograph; at 0 the batches are exactly those of earlier runs."""
+    from axonct.data.datasets import Augmentation, BatchMaker, open_caches
+    from axonct.presets import TrainConfig
+    from axonct.transforms.normalize import robust_unit
+
+    caches = open_caches(two_caches[1])
+    ids = caches.case_ids("all")
+    plain = BatchMaker(caches, ids, 2, Augmentation(spatial=False))
+    zero = BatchMaker(caches, ids, 2, Augmentation(spatial=False, clean_probability=0.0))
+    for step in range(3):
+        torch.testing.assert_close(plain.batch(step, 2, seed=0)["views"], zero.batch(step, 2, seed=0)["views"])
+    half = BatchMaker(caches, ids, 2, Augmentation(spatial=False, clean_probability=0.5))
+    clean = 0
+    for step in range(40):
+        batch = half.batch(step, 1, seed=0)
+        drr = torch.from_numpy(caches.load(batch["case_ids"][0])[1]).float()
+        clean += bool(torch.allclose(batch["views"][0], robust_unit(drr[:, None])[:, 0], atol=1e-6))
+    assert 10 <= clean <= 30, clean
+    with pytest.raises(ValueError, match="clean_view_probability"):
+        TrainConfig(clean_view_probability=1.5)

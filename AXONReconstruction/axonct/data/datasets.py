@@ -142,6 +142,8 @@ class Augmentation:
     scale_range: tuple[float, float] = (0.92, 1.08)
     max_shift_mm: float = 12.0
     realism: RealismConfig | None = field(default_factory=RealismConfig)
+    clean_probability: float = 0.0  # with realism: share of samples left as clean DRRs (what `axon drr`
+    # writes and a raw detector image is close to), so those inputs are not outside the training domain
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -181,11 +183,14 @@ class BatchMaker:
             cube = random_affine(cube, self.aug, self.cfg.grid.fov_mm, gen).clamp(0, 1)
             with torch.no_grad():
                 views = drr_from_unit_volume(cube, self.cfg.grid, self.cfg.geometry, self.cfg.views)
-        if self.aug.realism is not None:
+        clean = self.aug.realism is None
+        if not clean and self.aug.clean_probability > 0:  # no extra draw otherwise: earlier runs' streams
+            clean = float(torch.rand((), generator=gen)) < self.aug.clean_probability
+        if clean:
+            views = robust_unit(views[:, None])[:, 0]
+        else:
             seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
             views = simulate_radiograph(views, self.aug.realism, seed=seed)
-        else:
-            views = robust_unit(views[:, None])[:, 0]
         hi = cube[None] * 2 - 1
         lo = F.avg_pool3d(hi[None], self.factor)[0] if self.factor > 1 else hi
         return {"x0_hi": hi, "x0": lo, "views": views.float(), "view_mask": torch.ones(views.shape[0])}

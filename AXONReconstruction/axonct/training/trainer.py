@@ -215,7 +215,7 @@ def _open_data(s: _Session, data, resume: bool):
     s.val_ids, s.val_label = cache.case_ids("val"), "held-out (val split)"
     if not s.val_ids:
         s.val_ids, s.val_label = train_ids, "seen in training (the cache has no val split)"
-    aug = Augmentation(spatial=tc.augment_spatial)
+    aug = Augmentation(spatial=tc.augment_spatial, clean_probability=float(tc.clean_view_probability))
     if not tc.augment_realism:
         aug.realism = None
     s.maker = BatchMaker(cache, train_ids, s.preset.sr.factor, aug)
