@@ -191,3 +191,21 @@ def test_out_of_memory_gives_a_clear_message_and_no_output(tiny_weights, radiogr
     err = capsys.readouterr().err
     assert "out of memory" in err and "--samples 1" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_implausible_biplanar_result_suggests_the_frontal_view_alone():
+    """Real lateral films are the least reliable input: an implausible chest from a PA + lateral
+    pair says to compare with the frontal view alone; a frontal-only run does not."""
+    from axonct.pipeline.framing import Framing
+    from axonct.pipeline.quality import LATERAL_HINT, input_checks
+    from axonct.pipeline.reconstruction import Reconstruction
+    from axonct.presets import model_preset
+
+    preset = model_preset("tiny")
+    air = np.zeros((preset.data.grid.size,) * 3, np.float32)
+    views = np.zeros((2, preset.data.geometry.detector_pixels, preset.data.geometry.detector_pixels), np.float32)
+    for mask, hinted in (([1.0, 1.0], True), ([1.0, 0.0], False)):
+        rec = Reconstruction(air, None, {}, preset, views, np.array(mask, np.float32), {})
+        checks = input_checks(rec, Framing(), None)
+        assert not checks["anatomy"]["plausible"]
+        assert (LATERAL_HINT in checks["warnings"]) is hinted

@@ -36,9 +36,18 @@ def input_checks(rec: Reconstruction, framing: Framing, fields) -> dict:
                             f"(Dice {agreement['dice'][view]:.2f} < {agreement['threshold']}); check the input and "
                             "the framing")
     warnings += plausibility_warnings(anatomy)  # open chest wall, one-sided or too little air, a box
+    if not anatomy["plausible"] and float(rec.view_mask[1]) > 0:
+        warnings.append(LATERAL_HINT)
     return {"framing": framing.to_dict(), "input_domain": INPUT_DOMAIN_TEXT[rec.preset.coarse.input_domain],
             "lung_fields": agreement, "anatomy": anatomy, "warnings": warnings}
 
+
+LATERAL_HINT = ("a lateral view was given: a real lateral film that disagrees with the frontal one (framing, "
+                "arms, processing) can spoil a reconstruction whose frontal view alone gives a plausible chest; "
+                "compare with a reconstruction from the frontal view alone")
+"""Said with an implausible result of a biplanar run. On the held-out real PA + lateral pairs (the
+`cpu-wide` candidate), 6 of the 8 implausible pairs whose PA film is also in the frontal set gave a
+plausible chest from that film alone."""
 
 INPUT_DOMAIN_TEXT = {
     "matched": "matched: each view's grey values mapped onto the training views' distribution (global processing drops out)",
