@@ -61,3 +61,7 @@ echo "weights in $DEST"
 # ---- phases 6 and 7: Stage I on flatter synthetic chests too, every patient drawn equally often
 # bash scripts/finetune_flat_chests.sh ../shared/data <phase 5 weights>          -> runs/flat_chests/weights
 # OUT=runs/flat_chests_2 STEPS_COARSE=800 bash scripts/finetune_flat_chests.sh ../shared/data runs/flat_chests/weights
+# ---- phase 8 (an experiment, not kept: better on the evaluation CTs' clean DRRs, worse on real films;
+# candidates/cpu-wide/README.md): a quarter of the training views left as clean DRRs
+# OUT=runs/clean_views CFG=scripts/finetune_clean_views.json STEPS_COARSE=800 \
+#     bash scripts/finetune_flat_chests.sh ../shared/data candidates/cpu-wide
