@@ -76,7 +76,8 @@ def _cli_error(proc: subprocess.CompletedProcess, command: str) -> str:
 
 
 def _radiograph_png(path: Path, colour: bool = False) -> Path:
-    """A chest-like 16-bit PNG (an ellipse of tissue with two darker lungs), or an RGB one."""
+    """A chest-like 16-bit PNG (an ellipse of tissue with two darker lungs), or a really coloured RGB
+    one (channels moving against each other: a tinted grey film would be read)."""
     from PIL import Image
 
     yy, xx = np.mgrid[-1:1:256j, -1:1:256j]
@@ -85,7 +86,7 @@ def _radiograph_png(path: Path, colour: bool = False) -> Path:
     img = (body * (1 - 0.6 * lungs) * 50000 + np.random.default_rng(0).normal(0, 300, body.shape)).clip(0, 65535)
     if colour:
         rgb = (img / 256).astype(np.uint8)
-        Image.fromarray(np.stack([rgb, rgb // 2, rgb // 3], axis=-1)).save(path)
+        Image.fromarray(np.stack([rgb, 255 - rgb, np.full_like(rgb, 128)], axis=-1)).save(path)
     else:
         Image.fromarray(img.astype(np.uint16)).save(path)
     return path
