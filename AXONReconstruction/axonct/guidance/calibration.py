@@ -239,9 +239,12 @@ def _coarse_search(obs, L, w, models, l_ref, pinned: bool = False):
     factor = max(1, int(math.ceil(max(h, w_) / SEARCH_SIDE)))
     pool = (lambda x: F.avg_pool2d(x[None, None], factor)[0, 0]) if factor > 1 else (lambda x: x)
     o, l, m = (pool(x).float() for x in (obs, L, w))
-    scales = np.ones(1) if pinned else np.linspace(*SCALE_RANGE, 5)
-    span_y, span_x = (0.0, 0.0) if pinned else (SHIFT_FRACTION * h / factor, SHIFT_FRACTION * w_ / factor)
-    dys, dxs = np.linspace(-span_y, span_y, 1 if pinned else 11), np.linspace(-span_x, span_x, 1 if pinned else 11)
+    if pinned:
+        scales, dys, dxs = np.ones(1), np.zeros(1), np.zeros(1)
+    else:
+        span_y, span_x = SHIFT_FRACTION * h / factor, SHIFT_FRACTION * w_ / factor
+        scales = np.linspace(*SCALE_RANGE, 5)
+        dys, dxs = np.linspace(-span_y, span_y, 11), np.linspace(-span_x, span_x, 11)
     sg, yg, xg = np.meshgrid(scales, dys, dxs, indexing="ij")
     sc = torch.from_numpy(sg.ravel()).float()
     sh = torch.from_numpy(np.stack([yg.ravel(), xg.ravel()], -1)).float()
@@ -283,10 +286,12 @@ def _refine(obs, L, w, model, l_ref, start, pinned: bool = False):
     sy, sx = SHIFT_FRACTION * h, SHIFT_FRACTION * w_
     has_theta = model != "affine"
     lo_t, hi_t = (GAMMA_RANGE if model == "gamma" else KAPPA_RANGE) if has_theta else (1.0, 1.0)
-    geometry = [] if pinned else [scale, shift[0], shift[1]]
-    x0 = [a, b] + ([math.log(theta)] if has_theta else []) + geometry
-    lower = [-np.inf, -np.inf] + ([math.log(lo_t)] if has_theta else []) + ([] if pinned else [SCALE_RANGE[0], -sy, -sx])
-    upper = [np.inf, np.inf] + ([math.log(hi_t)] if has_theta else []) + ([] if pinned else [SCALE_RANGE[1], sy, sx])
+    # the geometry's unknowns (scale, dy, dx): start, bounds and finite-difference steps; none when pinned
+    geo_x0, geo_lo, geo_hi, geo_steps = ([], [], [], []) if pinned else (
+        [scale, shift[0], shift[1]], [SCALE_RANGE[0], -sy, -sx], [SCALE_RANGE[1], sy, sx], [1e-3, 0.05, 0.05])
+    x0 = [a, b] + ([math.log(theta)] if has_theta else []) + geo_x0
+    lower = [-np.inf, -np.inf] + ([math.log(lo_t)] if has_theta else []) + geo_lo
+    upper = [np.inf, np.inf] + ([math.log(hi_t)] if has_theta else []) + geo_hi
     x0 = np.clip(x0, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
 
     def unpack(x):
@@ -303,7 +308,7 @@ def _refine(obs, L, w, model, l_ref, start, pinned: bool = False):
         r, _ = _residuals(obs, L, w, model, l_ref, *unpack(x))
         return (sq * r).flatten().numpy()
 
-    steps = np.array([1e-4, 1e-4] + ([1e-3] if has_theta else []) + ([] if pinned else [1e-3, 0.05, 0.05]))
+    steps = np.array([1e-4, 1e-4] + ([1e-3] if has_theta else []) + geo_steps)
     res = least_squares(fun, x0, bounds=(lower, upper), x_scale=np.maximum(np.abs(x0), steps * 20),
                         diff_step=steps / np.maximum(np.abs(x0), 1e-3), max_nfev=200, method="trf")
     a, b, th, s, sh = unpack(res.x)
