@@ -28,10 +28,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    import SimpleITK as sitk
-
     from axonct.io.ct import read_ct
-    from axonct.io.ct_preprocess import antialias
     from axonct.pipeline.reconstruction import AxonPipeline
     from axonct.tools.compare import score_against_ground_truth
 
@@ -45,15 +42,13 @@ def main() -> None:
             old, new = images["old"][variant], images["new"][variant]
             field = lambda im: im.GetSpacing()[0] * im.GetSize()[0]  # noqa: E731
             small, large = (old, new) if field(old) <= field(new) else (new, old)
-            moved = sitk.Resample(antialias(large, small.GetSpacing()), small, sitk.Transform(), sitk.sitkLinear, -1024.0)
+            moved = onto(large, small)
             common = {"old": moved if large is old else old, "new": moved if large is new else new}
             coarse = coarser_grid(small, max(old.GetSpacing()[0], new.GetSpacing()[0]))
             for name in ("old", "new"):
                 own = score_against_ground_truth(images[name][variant], gt)["honest"]
                 same = score_against_ground_truth(common[name], gt)["honest"]
-                image = images[name][variant]
-                both = score_against_ground_truth(sitk.Resample(antialias(image, coarse.GetSpacing()), coarse,
-                                                                sitk.Transform(), sitk.sitkLinear, -1024.0), gt)["honest"]
+                both = score_against_ground_truth(onto(images[name][variant], coarse), gt)["honest"]
                 rows.append({"ct": ct.name, "variant": variant, "weights": name,
                              "own_field_psnr": round(own["psnr"], 2), "own_field_ssim": round(own["ssim"], 3),
                              "common_field_psnr": round(same["psnr"], 2), "common_field_ssim": round(same["ssim"], 3),
@@ -67,6 +62,16 @@ def main() -> None:
                                                 ("common_voxel_psnr", "common_voxel_ssim")])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def onto(image, reference):
+    """``image`` resampled onto ``reference``'s grid, anti-aliased first (air outside)."""
+    import SimpleITK as sitk
+
+    from axonct.io.ct_preprocess import antialias
+
+    return sitk.Resample(antialias(image, reference.GetSpacing()), reference, sitk.Transform(), sitk.sitkLinear,
+                         -1024.0)
 
 
 def coarser_grid(small, spacing: float):
