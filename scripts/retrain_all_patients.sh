@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
-INIT="${2:-AXONReconstruction/axonct/weights/cpu}"
+INIT="${2:-runs/demo/weights}"  # the phase 1-3 weights (`train_demo_weights.sh`; git show a0e0cd3)
 AXON=.venv/bin/axon
 RUNS=runs/retrain
 CFG=scripts/retrain_weights.json
