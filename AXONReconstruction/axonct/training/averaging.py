@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from axonct.errors import AxonInputError
-from axonct.pipeline.checkpoint import STAGES, load_stage, save_stage
+from axonct.pipeline.checkpoint import STAGES, load_stage, save_stage, stage_paths
 from axonct.presets import ModelPreset
-from axonct.training.trainer import merge_training_record
+from axonct.training.trainer import merge_training_record, record_steps
 
 
 def average_stage(first: str | Path, second: str | Path, out: str | Path, stage: str = "coarse",
@@ -31,7 +31,7 @@ def average_stage(first: str | Path, second: str | Path, out: str | Path, stage:
     preset = ModelPreset.from_dict(card_a["config"])
     b, card_b = load_stage(second, stage, expected=preset)
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-        raise AxonInputError(second / f"{stage}.safetensors",
+        raise AxonInputError(stage_paths(second, stage)[0],
                              f"its {stage} network differs from {first}'s in its tensors; only two fine-tunes "
                              "of the same network can be averaged")
     mixed = {k: (a[k] * (1 - second_weight) + b[k] * second_weight).to(a[k].dtype) if a[k].is_floating_point()
@@ -44,8 +44,8 @@ def average_stage(first: str | Path, second: str | Path, out: str | Path, stage:
     record_a, record_b = card_a.get("trained_on") or {}, card_b.get("trained_on") or {}
     trained_on = merge_training_record(record_a, record_b)
     trained_on["averaged_from"] = {
-        "first": {"weights": str(first), "steps": record_a.get("steps_done", record_a.get("steps"))},
-        "second": {"weights": str(second), "steps": record_b.get("steps_done", record_b.get("steps"))},
+        "first": {"weights": str(first), "steps": record_steps(record_a)},
+        "second": {"weights": str(second), "steps": record_steps(record_b)},
         "second_weight": second_weight,
     }
     return save_stage(out, stage, mixed, preset, trained_on)

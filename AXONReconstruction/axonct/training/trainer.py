@@ -504,9 +504,14 @@ def with_initial_record(current: dict, weights: str, initial: dict) -> dict:
     """A fine-tuning run's record: its own cases plus every case, cache and synthetic source of the
     weights it started from (so "seen in training" stays true for them), and where those came from."""
     merged = merge_training_record(initial, current)
-    merged["initialised_from"] = {"weights": weights, "steps": initial.get("steps_done", initial.get("steps")),
+    merged["initialised_from"] = {"weights": weights, "steps": record_steps(initial),
                                   "caches": _caches(initial)}
     return merged
+
+
+def record_steps(record: dict):
+    """The steps a training record's weights saw (a checkpoint's ``steps_done``, else the run's ``steps``)."""
+    return record.get("steps_done", record.get("steps"))
 
 
 def _caches(record: dict) -> list:
