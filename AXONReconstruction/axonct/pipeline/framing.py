@@ -273,9 +273,8 @@ def lung_field_contrast(view: np.ndarray, mask: np.ndarray) -> float | None:
     cols = np.nonzero(mask.any(0))[0]
     if rows.size < 4 or cols.size < 4:
         return None
-    mid, width = (cols[0] + cols[-1] + 1) / 2, cols[-1] + 1 - cols[0]
     column = np.zeros_like(mask)
-    column[rows[0]:rows[-1] + 1, int(mid - 0.08 * width):int(mid + 0.08 * width) + 1] = True
+    column[rows[0]:rows[-1] + 1, _centre_columns(cols)] = True
     column &= ~mask
     if not column.any():
         return None
@@ -299,9 +298,14 @@ def view_shape(pixels: np.ndarray, segmenter, size: int = TRAINING_FRAME_PIXELS)
     b = a[:, ::-1]
     symmetry = float((a * b).sum() / max(float(np.sqrt((a * a).sum() * (b * b).sum())), 1e-12))
     c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    mid, width = (c0 + c1) / 2, c1 - c0
-    centre = mask[:, int(mid - 0.08 * width):int(mid + 0.08 * width) + 1].mean()
+    centre = mask[:, _centre_columns(cols)].mean()
     return symmetry, float(centre / max(float(mask[:, c0:c1].mean()), 1e-6))
+
+
+def _centre_columns(cols: np.ndarray) -> slice:
+    """The middle 16 % of the lung-field box whose columns are ``cols`` (the mediastinum on a frontal)."""
+    mid, width = (cols[0] + cols[-1] + 1) / 2, cols[-1] + 1 - cols[0]
+    return slice(int(mid - 0.08 * width), int(mid + 0.08 * width) + 1)
 
 
 def looks_lateral(pixels: np.ndarray, segmenter) -> bool | None:
